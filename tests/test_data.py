@@ -78,3 +78,32 @@ def test_augmentation_keeps_pixels_and_is_seeded(real_data_dir):
     assert not torch.equal(a, x)
     j1, j2 = jitter_images(x, seed=0), jitter_images(x, seed=0)
     assert torch.equal(j1, j2) and (j1.float() - x.float()).abs().mean() > 5
+
+
+def _serve(folder):
+    "A loopback HTTP server for `folder`, in a thread."
+    import functools, http.server, threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def test_download_checks_md5_and_unpacks(tmp_path):
+    import hashlib, tarfile
+    from kd_nbs.data import download_cifar100, has_cifar100
+    write_synthetic_cifar100(tmp_path/'src')
+    archive = tmp_path/'srv'/'cifar-100-python.tar.gz'; archive.parent.mkdir()
+    with tarfile.open(archive, 'w:gz') as t: t.add(tmp_path/'src'/'cifar-100-python', arcname='cifar-100-python')
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    httpd = _serve(archive.parent)
+    url = f'http://127.0.0.1:{httpd.server_port}/cifar-100-python.tar.gz'
+    try:
+        with pytest.raises(DatasetNotFoundError, match='md5'):
+            download_cifar100(tmp_path/'bad', url, md5='0' * 32)
+        assert not has_cifar100(tmp_path/'bad') and not list((tmp_path/'bad').iterdir())   # nothing half-done left
+        download_cifar100(tmp_path/'good', url, md5=md5)
+        assert has_cifar100(tmp_path/'good')
+        assert load_cifar100(tmp_path/'good', strict=False, verbose=False).train_x.shape == (500, 3, 32, 32)
+    finally:
+        httpd.shutdown()

@@ -1,0 +1,39 @@
+# kd-nbs: `make report` runs the study (quick preset) and builds the website; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+# The real CIFAR-100: ../shared/data on our machines; elsewhere $KD_NBS_DATA or the per-user cache (downloaded).
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/cifar-100-python/train),)
+export KD_NBS_DATA ?= $(SHARED_DATA)
+endif
+PRESET ?= quick
+NAME   ?= $(PRESET)
+SEEDS  ?= 0
+
+.PHONY: setup report test bench export clean-reports
+
+$(VENV)/.installed: requirements.txt settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+report: setup
+	$(BIN)/kd-nbs run --preset $(PRESET) --name $(NAME) --seeds $(SEEDS)
+
+test: setup
+	KD_NBS_PRESET=smoke $(BIN)/nbdev_test
+	@before=$$(cat kd_nbs/*.py | sha256sum); $(BIN)/nbdev_export; after=$$(cat kd_nbs/*.py | sha256sum); \
+	  [ "$$before" = "$$after" ] || { echo 'kd_nbs/ was out of date with nbs/: run nbdev_export and commit'; exit 1; }
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(BIN)/kd-nbs bench $(if $(KD_NBS_DATA),--data-dir $(KD_NBS_DATA),)
+
+export: setup
+	$(BIN)/nbdev_export

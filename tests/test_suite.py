@@ -1,0 +1,101 @@
+"The whole study on the smoke preset, with the real reader: every notebook through papermill, then the website."
+import json, re, shutil, subprocess, sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+import pandas as pd
+import pytest
+from kd_nbs.suite import run_suite, SuiteError, STAGES, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_FILES = ['best_teacher_vgg16_cifar100.pth', 'best_teacher_vgg19_cifar100.pth', 'best_teacher_color_invariant.pth',
+              'best_student_si.pth', 'best_student_lm.pth', 'best_student_ls.pth', 'best_student_dkd.pth',
+              'best_student_hints.pth', 'best_student_crd.pth', 'best_student_crd_color_invariant.pth',
+              'best_student_lm_from_vgg19.pth', 'distillation_grad_cam_comparison.png']
+STUDENTS = ['SI', 'LM', 'LS', 'DKD', 'Hints', 'CRD', 'LM (from VGG-19)', 'CRD (colour-inv. teacher)']
+
+
+@pytest.fixture(scope='module')
+def smoke_run(real_data_dir, tmp_path_factory):
+    reports = tmp_path_factory.mktemp('reports')
+    run_dir = run_suite('smoke', 'smoke', seeds=(0, 1), data_dir=str(real_data_dir), reports_dir=reports, progress=False)
+    return run_dir
+
+
+def test_every_expected_file(smoke_run):
+    for seed in (0, 1):
+        d = smoke_run/f'seed{seed}'
+        assert [f for f in SEED_FILES if not (d/f).exists()] == []
+        executed = sorted(p.name for p in d.glob('*.ipynb'))
+        assert len(executed) == len(STAGES), executed   # one executed notebook per stage
+    assert (smoke_run/'summary.json').exists() and (smoke_run/'summary.md').exists()
+
+
+def test_every_table_has_its_rows(smoke_run):
+    s = json.loads((smoke_run/'summary.json').read_text())
+    t = {k: pd.DataFrame(v) for k, v in s['tables'].items()}
+    assert set(t) == {'accuracy', 'kl', 'color', 'capacity', 'cam_similarity'}
+    assert len(t['accuracy']) == 11 and set(STUDENTS) <= set(t['accuracy'].label)          # 3 teachers, 8 students
+    assert set(t['kl'].label) == set(STUDENTS) and len(t['color']) == 11
+    assert list(t['capacity'].teacher) == ['vgg16', 'vgg19']
+    assert set(t['cam_similarity'].label) == {'SI', 'LM', 'Hints', 'CRD'}
+    assert all('±' in v for v in t['accuracy'].accuracy)                                     # two seeds: mean ± std
+    per_seed = pd.DataFrame(s['per_seed']['kl'])
+    assert sorted(per_seed.seed.unique()) == [0, 1] and per_seed.kl_T1.ge(0).all()
+
+
+def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
+    run_suite('smoke', 'smoke', seeds=(0,), data_dir=str(real_data_dir), reports_dir=smoke_run.parent, site=False, progress=False)
+    out = capsys.readouterr().out
+    assert out.count('done already, skipped') == len(STAGES) and 'running' not in out
+
+
+def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_dir, tmp_path, capsys):
+    with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1') as e:
+        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'],
+                  overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)
+    assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()
+    assert not (tmp_path/'f'/'seed0'/'best_student_lm.pth').exists()
+    capsys.readouterr()
+    with pytest.raises(SuiteError, match='No vgg16 teacher at .*papermill nbs/01_teacher.ipynb'):
+        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
+    assert 'si (02_si.ipynb): done already, skipped' in capsys.readouterr().out
+
+
+def test_bad_parameter_fails_before_training(real_data_dir, tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match=r'epochs=0: must be a positive integer'):
+        pm.execute_notebook(ROOT/'nbs'/'02_si.ipynb', tmp_path/'si.ipynb', progress_bar=False,
+                            parameters=dict(preset='smoke', epochs=0, out_dir=str(tmp_path), data_dir=str(real_data_dir)))
+    assert not list(tmp_path.glob('*.pth'))
+
+
+def test_a_second_suite_on_the_same_folder_is_refused(tmp_path):
+    from kd_nbs.suite import run_lock
+    with run_lock(tmp_path/'busy'):
+        r = subprocess.run([sys.executable, '-c', 'from kd_nbs.cli import main; raise SystemExit(main())', 'run', '--preset', 'smoke', '--name', 'busy',
+                            '--reports', str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and 'is in use by another suite' in r.stderr
+
+
+def _chromium():
+    for name in ('chromium', 'chromium-browser', 'google-chrome'):
+        if shutil.which(name): return shutil.which(name)
+    pytest.fail('headless Chromium is needed for the website test: apt-get install chromium')
+
+
+def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
+    index = smoke_run/'book'/'_build'/'html'/'index.html'
+    r = subprocess.run([_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+                        '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                        f'--user-data-dir={tmp_path/"profile"}', '--dump-dom', index.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    dom = r.stdout
+    assert '<table' in dom and 'Accuracy of every model' in dom, r.stderr[-2000:]
+    assert all(f'>{s}<' in dom for s in ('SI', 'CRD', 'DKD', 'Hints')), 'results table rows missing'
+    imgs = re.findall(r'<img[^>]+src="([^"]+)"', dom)
+    cam = [s for s in imgs if 'distillation_grad_cam_comparison' in s]
+    assert cam and (index.parent/unquote(cam[0])).exists()
+    links = {h for h in re.findall(r'href="([^"#]+)', dom) if not urlparse(h).scheme}
+    assert any('11_gradcam' in h for h in links) and any('05_crd' in h for h in links)
+    broken = [h for h in links if not (index.parent/unquote(h)).exists()]
+    assert broken == []
