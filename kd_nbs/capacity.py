@@ -18,4 +18,4 @@ def capacity_row(teacher_name: str, teacher: torch.nn.Module, t_logits, s_logits
     return {'teacher': teacher_name, 'teacher_params_M': round(count_parameters(teacher) / 1e6, 2),
             'teacher_acc': accuracy(t_logits, labels), 'student_acc': accuracy(s_logits, labels),
             'kl_to_teacher': kl_teacher_student(s_logits, t_logits).item(),
-            'agreement': (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item() * 100}
+            'agreement': accuracy(s_logits, t_logits.argmax(1))}

@@ -83,21 +83,23 @@ def lr_factor(cfg: TrainConfig, epoch: float) -> float:
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be read or does not fit the model it is loaded into."
 
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    "`torch.save` to a temporary file beside `path`, then rename it over `path`."
+def _replace_atomically(path: str | os.PathLike, write) -> Path:
+    "`write(tmp)` to a temporary file beside `path`, then rename it over `path`; no temporary file survives."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        torch.save(obj, tmp); os.replace(tmp, path)
+        write(tmp); os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    "`torch.save` `obj` to `path` atomically."
+    return _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text); os.replace(tmp, path)
-    return path
+    "Write `text` to `path` atomically."
+    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
     "Read a kd-nbs checkpoint safely (`weights_only=True`), with errors that name the file."

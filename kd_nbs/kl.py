@@ -20,7 +20,7 @@ def kl_ranking(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Ten
     for name, s in student_logits.items():
         rows.append({'student': name, 'kl_T1': kl_teacher_student(s, teacher_logits, 1.0).item(),
                      f'kl_T{T:g}': kl_teacher_student(s, teacher_logits, T).item(),
-                     'agreement': (s.argmax(1) == teacher_logits.argmax(1)).float().mean().item() * 100,
+                     'agreement': accuracy(s, teacher_logits.argmax(1)),   # top-1 agreement, in percent
                      'accuracy': accuracy(s, labels)})
     df = pd.DataFrame(rows).sort_values('kl_T1').reset_index(drop=True)
     df.insert(0, 'rank', range(1, len(df) + 1))
