@@ -12,7 +12,7 @@ PRESET ?= quick
 NAME   ?= $(PRESET)
 SEEDS  ?= 0
 
-.PHONY: setup report test bench export clean-reports
+.PHONY: setup report test bench export clean-reports gpu-check
 
 $(VENV)/.installed: requirements.txt settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ bench: setup
 
 export: setup
 	$(BIN)/nbdev_export
+
+# The GPU check: per-epoch times (eager and compiled), memory, sharing, a bf16 sanity run and the projected paper
+# study. Runs with the machine's own python3 and torch (no venv, no Jupyter): make gpu-check GPU_OUT=folder
+GPU_OUT ?= gpu-check
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m kd_nbs.gpucheck $(GPU_OUT) $(GPU_CHECK_ARGS)

@@ -85,9 +85,9 @@ class CRD(Method):
             # student vs teacher bank and vice versa (the gathers copy the rows before the update below)
             h_s = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
             h_t = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
-            if not self.z_set:
-                self.log_z.copy_(torch.stack([log_normalizer(h.detach(), self.n_data) for h in (h_s, h_t)]))
-                self.z_set.fill_(True)
+            # set once, from the first batch (a select, not an `if`, so a compiled step has no branch on data)
+            first = torch.stack([log_normalizer(h.detach(), self.n_data) for h in (h_s, h_t)])
+            self.log_z.copy_(torch.where(self.z_set, self.log_z, first)); self.z_set.fill_(True)
             loss = nce_loss(h_s, self.log_z[0], self.n_data) + nce_loss(h_t, self.log_z[1], self.n_data)
             idx, vs, vt = self._sync(index, v_s.detach(), v_t.detach())
             momentum_update(self.memory_s, idx, vs, self.momentum)

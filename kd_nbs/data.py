@@ -192,11 +192,12 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     "Random crops of the zero-padded batch `x` [B, C, H, W] (any dtype), each mirrored with probability ½."
     B, C, H, W = x.shape
-    dy, dx = (torch.randint(0, 2 * pad + 1, (2, B), generator=generator)).to(x.device)
+    gdev = generator.device if generator is not None else x.device   # draw where the generator lives: no host copy
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, B), generator=generator, device=gdev).to(x.device)
     rows = dy[:, None] + torch.arange(H, device=x.device)
     cols = dx[:, None] + torch.arange(W, device=x.device)
     if flip:
-        mirror = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+        mirror = (torch.rand(B, generator=generator, device=gdev) < 0.5).to(x.device)
         cols = torch.where(mirror[:, None], cols.flip(1), cols)
     xp = F.pad(x, (pad,) * 4)
     b = torch.arange(B, device=x.device)[:, None, None, None]
@@ -207,13 +208,26 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
 def normalize(x: torch.Tensor, mean=CIFAR100_MEAN, std=CIFAR100_STD,
               memory_format=torch.contiguous_format) -> torch.Tensor:
     "uint8 images to float, scaled to [0, 1] and standardised per channel, in `memory_format`."
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    out = x.to(dtype=torch.float32, memory_format=memory_format)
-    return out.mul_(1 / (255 * s)).sub_(m / s)
+    scale, shift = _normalizer(x.device, tuple(mean), tuple(std))
+    return x.to(dtype=torch.float32, memory_format=memory_format).mul_(scale).sub_(shift)
+
+_NORMALIZERS: dict = {}
+def _normalizer(device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-channel scale and shift, made once per device: a new host-to-GPU copy each batch would stall the GPU."
+    key = (str(device), mean, std)
+    if key not in _NORMALIZERS:
+        m, s = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
+        _NORMALIZERS[key] = (1 / (255 * s), m / s)
+    return _NORMALIZERS[key]
 
 # %% ../nbs/00a_data.ipynb #02c11b87
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+_YIQ: dict = {}
+def _yiq(device) -> tuple[torch.Tensor, torch.Tensor]:
+    "RGB→YIQ and back, on `device` (made once per device)."
+    if str(device) not in _YIQ: _YIQ[str(device)] = (_RGB2YIQ.to(device), torch.linalg.inv(_RGB2YIQ).to(device))
+    return _YIQ[str(device)]
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
@@ -222,7 +236,8 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
                  hue: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
     "Jitter each uint8 image of `x` [B, 3, H, W] with its own random factors; returns uint8."
     B, dev = x.shape[0], x.device
-    u = torch.rand(4, B, generator=generator).to(dev) * 2 - 1          # one draw per image and factor
+    gdev = generator.device if generator is not None else dev
+    u = torch.rand(4, B, generator=generator, device=gdev).to(dev) * 2 - 1   # one draw per image and factor
     k = lambda i, s: (1 + u[i] * s).view(B, 1, 1, 1)
     f = x.float() / 255
     f = (f * k(0, brightness)).clamp(0, 1)
@@ -234,7 +249,8 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     cos, sin = theta.cos(), theta.sin()
     rot = torch.zeros(B, 3, 3, device=dev); rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    M = torch.linalg.inv(_RGB2YIQ).to(dev) @ rot @ _RGB2YIQ.to(dev)      # per-image RGB -> RGB
+    yiq, rgb = _yiq(dev)
+    M = rgb @ rot @ yiq                                                  # per-image RGB -> RGB
     f = torch.einsum('bij,bjhw->bihw', M, f).clamp(0, 1)
     return (f * 255).round().to(torch.uint8)
 
@@ -259,7 +275,8 @@ class BatchAugment:
 def iterate_batches(n: int, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
                     drop_last: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
     "Index tensors of consecutive global batches of `batch_size * world_size`, this rank's share of each."
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    dev = generator.device if generator is not None else 'cpu'   # a CUDA generator keeps the indices on the GPU
+    order = torch.randperm(n, generator=generator, device=dev) if shuffle else torch.arange(n, device=dev)
     step = batch_size * world_size
     stop = n - n % step if drop_last else n
     for i in range(0, stop, step):

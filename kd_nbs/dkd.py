@@ -46,10 +46,10 @@ class DKD(Method):
         if alpha < 0 or beta < 0: raise ValueError(f'alpha={alpha!r}, beta={beta!r}: must be non-negative')
         if warmup < 0: raise ValueError(f'warmup={warmup!r}: must be non-negative')
         self.alpha, self.beta, self.T, self.warmup = float(alpha), float(beta), float(T), int(warmup)
-        self.ramp = 1.0
+        self.register_buffer('ramp', torch.ones(()), persistent=False)   # a tensor: compiled steps see it change
 
     def on_epoch_start(self, epoch, epochs):
-        self.ramp = min((epoch + 1) / self.warmup, 1.0) if self.warmup else 1.0
+        self.ramp.fill_(min((epoch + 1) / self.warmup, 1.0) if self.warmup else 1.0)
 
     def forward(self, student, teacher, labels, index):
         s, t, k = student.logits, teacher.logits.detach(), self.ramp * self.T ** 2

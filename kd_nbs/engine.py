@@ -4,7 +4,7 @@
 
 # %% ../nbs/00c_engine.ipynb #4e2b1d86
 from __future__ import annotations
-import json, math, os, time
+import copy, json, math, os, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -18,9 +18,11 @@ from .data import CIFAR100, BatchAugment, iterate_batches, normalize
 from .models import VGG, VGGOutput
 
 # %% auto #0
-__all__ = ['Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic', 'write_text_atomic',
-           'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable', 'train_step', 'predict',
-           'accuracy', 'fit', 'grads_finite_bf16']
+__all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
+           'write_text_atomic', 'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable',
+           'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'predict', 'accuracy',
+           'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch', 'train_epoch',
+           'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00c_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -40,6 +42,8 @@ class CrossEntropy(Method):
         return {'ce': F.cross_entropy(student.logits.float(), labels)}
 
 # %% ../nbs/00c_engine.ipynb #983cef75
+COMPILE_MODES = ('off', 'default', 'reduce-overhead')   # torch.compile modes; 'reduce-overhead' adds CUDA graphs
+
 @dataclass
 class TrainConfig:
     "Everything that determines a training run."
@@ -60,16 +64,26 @@ class TrainConfig:
     device: str = 'cpu'
     amp: bool = False                 # bf16 autocast
     channels_last: bool = False
+    compile: str = 'off'              # one of COMPILE_MODES: torch.compile of the student's step and the teacher
+    drop_last: bool = False           # every batch full: static shapes for compilation and CUDA graphs
 
     def __post_init__(self):
-        checks = {'epochs': self.epochs >= 1, 'batch_size': self.batch_size >= 1, 'lr': self.lr > 0,
-                  'momentum': 0 <= self.momentum < 1, 'weight_decay': self.weight_decay >= 0,
-                  'schedule': self.schedule in ('cosine', 'step'), 'warmup_epochs': self.warmup_epochs >= 0,
-                  'gamma': 0 < self.gamma <= 1,
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        checks = {'epochs': self.epochs >= 1, 'batch_size': self.batch_size >= 1, 'lr': num(self.lr) and self.lr > 0,
+                  'momentum': num(self.momentum) and 0 <= self.momentum < 1,
+                  'weight_decay': num(self.weight_decay) and self.weight_decay >= 0,
+                  'schedule': self.schedule in ('cosine', 'step'),
+                  'warmup_epochs': num(self.warmup_epochs) and self.warmup_epochs >= 0,
+                  'gamma': num(self.gamma) and 0 < self.gamma <= 1,
                   'max_batches': self.max_batches is None or self.max_batches >= 1,
-                  'eval_batches': self.eval_batches is None or self.eval_batches >= 1}
+                  'eval_batches': self.eval_batches is None or self.eval_batches >= 1,
+                  'compile': self.compile in COMPILE_MODES}
         bad = [k for k, ok in checks.items() if not ok]
-        if bad: raise ValueError('invalid training parameters: ' + ', '.join(f'{k}={getattr(self, k)!r}' for k in bad))
+        if bad: raise ValueError('invalid training parameters: ' + ', '.join(f'{k}={getattr(self, k)!r}' for k in bad)
+                                 + ('' if 'compile' not in bad else f' (compile: one of {COMPILE_MODES})'))
+        if self.compile == 'reduce-overhead' and not str(self.device).startswith('cuda'):
+            raise ValueError(f"compile='reduce-overhead' records CUDA graphs and needs a CUDA device, not "
+                             f"device={self.device!r}; use compile='default' or 'off' on the CPU")
 
 # %% ../nbs/00c_engine.ipynb #bf927a6f
 def lr_factor(cfg: TrainConfig, epoch: float) -> float:
@@ -148,13 +162,44 @@ class Trainable(nn.Module):
         out = self.student(x, features=True)
         return out, self.method(out, teacher_out, labels, index)
 
+# %% ../nbs/00c_engine.ipynb #e2b4e2cd
+@torch.no_grad()
+def fold_bn(model: nn.Module) -> nn.Module:
+    "A frozen copy of `model` in which every `Conv2d` directly followed by a `BatchNorm2d` absorbs it."
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)): continue
+            s = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            conv.weight.copy_(conv.weight * s.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(s * (bias - bn.running_mean) + shift)
+            seq[i + 1] = nn.Identity()
+    return model.requires_grad_(False)
+
+# %% ../nbs/00c_engine.ipynb #0cdc4a69
+def prepare_teacher(teacher: nn.Module | None, cfg: TrainConfig) -> nn.Module | None:
+    "The teacher as `fit` runs it: BatchNorm folded, frozen, on `cfg.device` in its memory format (bf16 under amp)."
+    if teacher is None: return None
+    t = fold_bn(teacher).to(cfg.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    return t.to(torch.bfloat16) if cfg.amp else t
+
 # %% ../nbs/00c_engine.ipynb #8d23b121
+def _clone_out(out):
+    "Normal tensors from inference-mode ones (a method's backward may save them)."
+    if isinstance(out, VGGOutput): return VGGOutput(out.logits.clone(), [b.clone() for b in out.blocks], out.embedding.clone())
+    return out.clone()
+
 def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, idx: torch.Tensor, amp: bool = False):
     "One SGD step of `model` (a `Trainable`, possibly in DDP); returns the student's outputs, the losses and their sum."
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
-        with torch.no_grad():
-            t_out = teacher(x, features=True) if teacher is not None else None
+        t_out = None
+        if teacher is not None:
+            with torch.inference_mode(): t_out = teacher(x, features=True)
+            t_out = _clone_out(t_out)
         s_out, losses = model(x, t_out, y, idx)
         loss = sum(losses.values())
     opt.zero_grad(set_to_none=True)
@@ -162,11 +207,49 @@ def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Opt
     opt.step()
     return s_out, losses, loss
 
+# %% ../nbs/00c_engine.ipynb #f53b9252
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
+    "SGD with the run's momentum and weight decay: fused kernels on CUDA, `foreach` elsewhere."
+    fast = dict(fused=True) if str(cfg.device).startswith('cuda') else dict(foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, **fast)
+
+class Stepper:
+    "`train_step` with the student's step and the teacher's forward compiled per `mode`, falling back to eager."
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, amp: bool = False,
+                 mode: str = 'off'):
+        if mode not in COMPILE_MODES: raise ValueError(f'compile={mode!r}: choose one of {COMPILE_MODES}')
+        self.eager, self.opt, self.amp, self.mode = (model, teacher), opt, amp, mode
+        self.model, self.teacher, self.compiled = model, teacher, False
+        if mode != 'off':
+            kw = {} if mode == 'default' else dict(mode=mode)
+            self.model = torch.compile(model, **kw)
+            self.teacher = torch.compile(teacher, **kw) if teacher is not None else None
+            self.compiled = True
+        self.steps = 0
+
+    def fall_back(self, err: Exception) -> None:
+        msg = (str(err).strip().splitlines() or [''])[0][:200]
+        warnings.warn(f'torch.compile failed ({type(err).__name__}: {msg}); training eagerly instead', stacklevel=3)
+        self.model, self.teacher = self.eager; self.compiled, self.mode = False, 'off'
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        if self.mode == 'reduce-overhead': torch.compiler.cudagraph_mark_step_begin()
+        try:
+            out = train_step(self.model, self.teacher, self.opt, x, y, idx, self.amp)
+        except Exception as e:
+            if not self.compiled or self.steps: raise      # only the first, compiling call falls back
+            self.fall_back(e)
+            out = train_step(self.model, self.teacher, self.opt, x, y, idx, self.amp)
+        self.steps += 1
+        return out
+
 # %% ../nbs/00c_engine.ipynb #4b44709a
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device=None, amp: bool = False,
-            channels_last: bool = False, max_batches: int | None = None) -> torch.Tensor:
-    "Logits (float32, on the CPU) of `model` for uint8 `images`, in batches."
+            channels_last: bool = False, max_batches: int | None = None, static: bool = False) -> torch.Tensor:
+    """Logits (float32, on the CPU) of `model` for uint8 `images`, in batches of `batch_size`.
+    `static` pads the last batch to full size, so every forward has the same shape (compiled or cuDNN-tuned models)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -174,11 +257,14 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, devic
     out = []
     for i, start in enumerate(range(0, len(images), batch_size)):
         if max_batches is not None and i >= max_batches: break
-        x = normalize(images[start:start + batch_size].to(device), memory_format=fmt)
+        xb = images[start:start + batch_size].to(device)
+        n = len(xb)
+        if static and n < batch_size: xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))])
+        x = normalize(xb, memory_format=fmt)
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=amp):
-            out.append(model(x).float().cpu())
+            out.append(model(x)[:n].float())
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out).cpu()     # one copy back to the host, not one per batch
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     "Top-1 accuracy in percent."
@@ -194,90 +280,150 @@ def _plain(obj):
 def _params_diff(a: dict, b: dict) -> list[str]:
     return [f'{k}: {a.get(k)!r} then, {b.get(k)!r} now' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
+class DivergedError(RuntimeError):
+    "The training loss became NaN or infinite."
+
+@dataclass
+class TrainState:
+    "Where a run stands between epochs: finished epochs, their metrics, the best test accuracy, training time."
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_acc: float = -1.0
+    wall_s: float = 0.0
+
+def run_files(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
+    "The files a run named `name` writes in `out_dir`."
+    d = Path(out_dir)
+    return dict(last=d/f'last_{name}.pth', best=d/f'best_{name}.pth', metrics=d/f'{name}_metrics.jsonl',
+                result=d/f'{name}_result.json')
+
+# %% ../nbs/00c_engine.ipynb #a1c9f241
+def checkpoint_state(name: str, record: dict, student: VGG, method: Method, opt: torch.optim.Optimizer,
+                     st: TrainState) -> dict:
+    "What `last_`/`best_{name}.pth` hold: weights, optimiser, method state, history and the run's parameters."
+    return dict(format='kd_nbs/1', name=name, params=record, model=student.state_dict(),
+                model_config=dict(arch=student.arch, width=student.width, num_classes=student.num_classes),
+                method=method.state_dict(), optimizer=opt.state_dict(), scheduler={'epoch': st.epoch},
+                epoch=st.epoch, history=st.history, best_acc=st.best_acc, wall_s=st.wall_s,
+                metrics=st.history[-1] if st.history else None)
+
+# %% ../nbs/00c_engine.ipynb #5d1a57df
+def resume(files: dict[str, Path], student: nn.Module, method: Method, opt: torch.optim.Optimizer, record: dict,
+           device) -> TrainState:
+    "Load the last checkpoint into `student`, `method` and `opt` when there is one from the same parameters."
+    last = files['last']
+    for tmp in last.parent.glob(f'.{last.name}.*.tmp'): tmp.unlink(missing_ok=True)   # left by a kill mid-save
+    if not last.exists(): return TrainState()
+    ck = load_checkpoint(last, map_location=device)
+    diff = _params_diff(ck.get('params', {}), record)
+    if diff: raise CheckpointError(f'{last} was written by a run with other parameters ({"; ".join(diff)}). '
+                                   'Use another out_dir, or move the old files away to start over.')
+    load_state(student, ck['model'], last); load_state(method, ck['method'], last, 'method')
+    opt.load_state_dict(ck['optimizer'])
+    st = TrainState(ck['epoch'], ck['history'], ck['best_acc'], ck['wall_s'])
+    if len(_read_metrics(files['metrics'])) != len(st.history):     # killed between the checkpoint and the metrics
+        write_text_atomic(''.join(json.dumps(r) + '\n' for r in st.history), files['metrics'])
+    return st
+
+def _read_metrics(path: Path) -> list:
+    return path.read_text().splitlines() if path.exists() else []
+
+# %% ../nbs/00c_engine.ipynb #08389223
+def steps_per_epoch(n_train: int, cfg: TrainConfig, world: int = 1) -> int:
+    "Training batches per epoch: full batches only with `drop_last` (or several ranks), capped by `max_batches`."
+    per = cfg.batch_size * world
+    steps = n_train // per if (cfg.drop_last or world > 1) else math.ceil(n_train / per)
+    return min(steps, cfg.max_batches) if cfg.max_batches else steps
+
+def train_epoch(step: Stepper, data: CIFAR100, cfg: TrainConfig, epoch: int, desc: str = '', rank: int = 0,
+                world: int = 1, progress: bool = True, log_every: int = 20, method: Method | None = None) -> dict:
+    "One pass over the (shuffled, augmented) training set; the mean of each loss and the training accuracy."
+    dev, fmt = torch.device(cfg.device), torch.channels_last if cfg.channels_last else torch.contiguous_format
+    g = torch.Generator(dev).manual_seed(_epoch_seed(cfg.seed, epoch))   # on the data's device: no host copies
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))   # for methods that sample (CRD's negatives)
+    if method is not None: method.on_epoch_start(epoch, cfg.epochs)
+    augment, n_train = BatchAugment(jitter=cfg.color_jitter), len(data.train_y)
+    steps = steps_per_epoch(n_train, cfg, world)
+    batches = iterate_batches(n_train, cfg.batch_size, True, g, drop_last=cfg.drop_last or world > 1, rank=rank, world_size=world)
+    bar = tqdm(batches, total=steps, desc=desc, disable=not progress or rank != 0, leave=False, mininterval=2)
+    sums, correct, seen = {}, torch.zeros((), device=dev), 0
+    step_loss = torch.zeros(steps, device=dev)      # on the device: read back only every `log_every` steps
+    for i, idx in enumerate(bar):
+        if i >= steps: break
+        for group in step.opt.param_groups: group['lr'] = cfg.lr * lr_factor(cfg, epoch + i / steps)
+        idx = idx.to(dev)
+        x, y = normalize(augment(data.train_x[idx], g), memory_format=fmt), data.train_y[idx]
+        s_out, losses, loss = step(x, y, idx)
+        step_loss[i] = loss.detach()
+        for k, v in losses.items(): sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
+        correct += (s_out.logits.argmax(1) == y).sum(); seen += len(y)
+        if i % log_every == 0 or i == steps - 1:
+            _check_finite(step_loss[:i + 1], desc, epoch)
+            bar.set_postfix(loss=f'{loss.item():.3f}', acc=f'{100 * correct.item() / seen:.1f}')
+    bar.close()
+    return {**{f'train_{k}': (v / seen).item() for k, v in sums.items()}, 'train_acc': 100 * correct.item() / seen}
+
+def _check_finite(step_loss: torch.Tensor, desc: str, epoch: int) -> None:
+    bad = (~torch.isfinite(step_loss)).nonzero()
+    if len(bad):
+        i = bad[0].item()
+        raise DivergedError(f'{desc or "training"}: the loss became {step_loss[i].item()} at epoch {epoch + 1}, step {i + 1}. '
+                            'Training stopped; no checkpoint was written from these weights (try a lower lr).')
+
+# %% ../nbs/00c_engine.ipynb #e37701ee
+def evaluate_epoch(student: nn.Module, data: CIFAR100, cfg: TrainConfig) -> dict:
+    "Test loss and accuracy (fixed 500-image batches; `eval_batches` caps them in smoke runs)."
+    logits = predict(student, data.test_x, 500, cfg.device, cfg.amp, cfg.channels_last, cfg.eval_batches,
+                     static=cfg.drop_last)
+    return dict(test_loss=F.cross_entropy(logits, data.test_y[:len(logits)].cpu()).item(),
+                test_acc=accuracy(logits, data.test_y))
+
 # %% ../nbs/00c_engine.ipynb #2a7bf40a
-def fit(student: VGG, method: Method, data: CIFAR100, cfg: TrainConfig, out_dir: str | os.PathLike, name: str,
-        teacher: nn.Module | None = None, params: dict | None = None, resume: bool = True,
-        progress: bool = True) -> dict:
-    """Train `student` with `method` (and a frozen `teacher`), evaluating each epoch; returns the result dict.
-    `params` (method hyperparameters, names of teachers...) are recorded beside `cfg` in every output."""
-    out_dir = Path(out_dir)
-    rank, world = init_distributed()
-    dev = torch.device(cfg.device)
+def fit(student: VGG,                     # the network to train (its weights are updated in place)
+        method: Method,                   # the objective: a `Method` returning named losses
+        data: CIFAR100,                   # the dataset, on the device to train on
+        cfg: TrainConfig,                 # schedule, optimiser, device, precision and compilation
+        out_dir: str | os.PathLike,       # where checkpoints, metrics and the result go
+        name: str,                        # file stem: `best_{name}.pth`, `{name}_metrics.jsonl`, ...
+        teacher: nn.Module | None = None, # frozen teacher for distillation methods (folded, not modified)
+        params: dict | None = None,       # method hyperparameters etc., recorded beside `cfg` in every output
+        resume_run: bool = True,          # continue from `last_{name}.pth` when it exists
+        progress: bool = True,            # progress bar and one printed line per epoch
+        ) -> dict:
+    "Train `student` with `method` (and a frozen `teacher`), evaluating each epoch; returns the result dict."
+    files, rank, world = run_files(out_dir, name), *init_distributed()
     if method.needs_teacher and teacher is None: raise ValueError(f'{type(method).__name__} needs a teacher')
+    if str(cfg.device).startswith('cuda'): torch.backends.cudnn.benchmark = True   # shapes are fixed: tune once
     record = _plain({'train': asdict(cfg), 'run': params or {}, 'name': name, 'world_size': world})
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    student.to(dev, memory_format=fmt); method.to(dev)
-    if teacher is not None:
-        teacher.to(dev, memory_format=fmt).eval().requires_grad_(False)
+    student.to(cfg.device, memory_format=fmt); method.to(cfg.device)
     trainable = Trainable(student, method)
-    opt = torch.optim.SGD(trainable.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    last_path, best_path = out_dir/f'last_{name}.pth', out_dir/f'best_{name}.pth'
-    metrics_path, result_path = out_dir/f'{name}_metrics.jsonl', out_dir/f'{name}_result.json'
-    start, history, best_acc, wall = 0, [], -1.0, 0.0
-    if resume and last_path.exists():
-        ck = load_checkpoint(last_path, map_location=dev)
-        diff = _params_diff(ck.get('params', {}), record)
-        if diff: raise CheckpointError(f'{last_path} was written by a run with other parameters ({"; ".join(diff)}). '
-                                       'Use another out_dir, or resume=False to start over and overwrite it.')
-        load_state(student, ck['model'], last_path); load_state(method, ck['method'], last_path, 'method')
-        opt.load_state_dict(ck['optimizer'])
-        start, history, best_acc, wall = ck['epoch'], ck['history'], ck['best_acc'], ck['wall_s']
-        if rank == 0 and start < cfg.epochs: print(f'resuming {name} from {last_path} after epoch {start}')
-    model = trainable
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False)
-    augment = BatchAugment(jitter=cfg.color_jitter)
-    n_train = len(data.train_y)
-    steps = math.ceil(n_train / (cfg.batch_size * world))
-    if cfg.max_batches: steps = min(steps, cfg.max_batches)
-    for epoch in range(start, cfg.epochs):
+    opt = make_optimizer(trainable.parameters(), cfg)
+    st = resume(files, student, method, opt, record, cfg.device) if resume_run else TrainState()
+    if rank == 0 and 0 < st.epoch < cfg.epochs: print(f'resuming {name} from {files["last"]} after epoch {st.epoch}')
+    model = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False) if world > 1 else trainable
+    step = Stepper(model, prepare_teacher(teacher, cfg), opt, cfg.amp, cfg.compile)
+    for epoch in range(st.epoch, cfg.epochs):
         t0 = time.time()
-        g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))   # for methods that sample (CRD's negatives)
-        method.on_epoch_start(epoch, cfg.epochs)
         trainable.train()
-        sums, correct, seen = {}, torch.zeros((), device=dev), 0
-        bar = tqdm(iterate_batches(n_train, cfg.batch_size, True, g, drop_last=world > 1, rank=rank, world_size=world), total=steps,
-                   desc=f'{name} {epoch + 1}/{cfg.epochs}', disable=not progress or rank != 0, leave=False,
-                   mininterval=2)
-        for i, idx in enumerate(bar):
-            if i >= steps: break
-            for group in opt.param_groups: group['lr'] = cfg.lr * lr_factor(cfg, epoch + i / steps)
-            idx = idx.to(dev)
-            x = normalize(augment(data.train_x[idx], g), memory_format=fmt)
-            y = data.train_y[idx]
-            s_out, losses, loss = train_step(model, teacher, opt, x, y, idx, cfg.amp)
-            for k, v in losses.items(): sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
-            correct += (s_out.logits.argmax(1) == y).sum(); seen += len(y)
-            if i % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', acc=f'{100 * correct.item() / seen:.1f}')
-        bar.close()
-        train = {f'train_{k}': (v / seen).item() for k, v in sums.items()}
+        train = train_epoch(step, data, cfg, epoch, f'{name} {epoch + 1}/{cfg.epochs}', rank, world, progress, method=method)
         if rank == 0:
-            logits = predict(student, data.test_x, 500, dev, cfg.amp, cfg.channels_last, cfg.eval_batches)
-            test_loss = F.cross_entropy(logits, data.test_y[:len(logits)].cpu()).item()
-            test_acc = accuracy(logits, data.test_y)
-            wall += time.time() - t0
-            row = dict(epoch=epoch + 1, lr=opt.param_groups[0]['lr'], **train, train_acc=100 * correct.item() / seen,
-                       test_loss=test_loss, test_acc=test_acc, epoch_s=round(time.time() - t0, 2))
-            history.append(row)
-            state = dict(format='kd_nbs/1', name=name, params=record, model=student.state_dict(),
-                         model_config=dict(arch=student.arch, width=student.width, num_classes=student.num_classes),
-                         method=method.state_dict(), optimizer=opt.state_dict(), scheduler={'epoch': epoch + 1},
-                         epoch=epoch + 1, history=history, best_acc=max(best_acc, test_acc), wall_s=wall,
-                         metrics=row)
-            if test_acc > best_acc:
-                best_acc = test_acc; save_atomic(state, best_path)
-            save_atomic(state, last_path)
-            write_text_atomic(''.join(json.dumps(r) + '\n' for r in history), metrics_path)
-            if progress:
-                print(f'{name} epoch {epoch + 1}/{cfg.epochs}: ' + ' '.join(
-                    f'{k} {v:.4g}' for k, v in row.items() if k not in ('epoch',)), flush=True)
+            test = evaluate_epoch(student, data, cfg)
+            st.wall_s += time.time() - t0; st.epoch = epoch + 1
+            st.history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]['lr'], **train, **test,
+                                   epoch_s=round(time.time() - t0, 2)))
+            improved, st.best_acc = test['test_acc'] > st.best_acc, max(st.best_acc, test['test_acc'])
+            state = checkpoint_state(name, record, student, method, opt, st)
+            if improved: save_atomic(state, files['best'])
+            save_atomic(state, files['last'])
+            write_text_atomic(''.join(json.dumps(r) + '\n' for r in st.history), files['metrics'])
+            if progress: print(f'{name} epoch {epoch + 1}/{cfg.epochs}: ' + ' '.join(
+                f'{k} {v:.4g}' for k, v in st.history[-1].items() if k != 'epoch'), flush=True)
         if world > 1: dist.barrier()
-    result = dict(name=name, best_acc=best_acc, last_acc=history[-1]['test_acc'] if history else None,
-                  epochs=cfg.epochs, wall_s=round(wall, 1), checkpoint=str(best_path), params=record,
-                  history=history)
-    if rank == 0: write_text_atomic(json.dumps(result, indent=1), result_path)
+    result = dict(name=name, best_acc=st.best_acc, last_acc=st.history[-1]['test_acc'] if st.history else None,
+                  epochs=cfg.epochs, wall_s=round(st.wall_s, 1), checkpoint=str(files['best']), params=record,
+                  history=st.history)
+    if rank == 0: write_text_atomic(json.dumps(result, indent=1), files['result'])
     return result
 
 # %% ../nbs/00c_engine.ipynb #e24b6347

@@ -4,20 +4,21 @@
 
 # %% ../nbs/00d_runs.ipynb #f072a5f8
 from __future__ import annotations
-import json, os
+import json, math, os, platform, time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from .data import CIFAR100, load_cifar100
 from .models import VGG
-from .engine import TrainConfig, Method, fit, load_model, predict, accuracy
+from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, COMPILE_MODES, Trainable,
+                           CrossEntropy, train_step, write_text_atomic)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'TEACHERS', 'DISPLAY_NAMES', 'resolve_device', 'resolve_preset', 'project_root', 'default_out_dir',
-           'Run', 'setup_run', 'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'load_teacher', 'load_data',
-           'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'display_name', 'summary_line',
-           'saved_models']
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'TEACHERS', 'DISPLAY_NAMES', 'resolve_device', 'resolve_preset', 'project_root',
+           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'teacher_name', 'student_name',
+           'best_checkpoint', 'freeze', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate',
+           'plot_history', 'display_name', 'summary_line', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -58,6 +59,54 @@ def default_out_dir() -> Path:
     if os.environ.get('KD_NBS_OUT'): return Path(os.environ['KD_NBS_OUT'])
     return (project_root() or Path.cwd())/'outputs'
 
+# %% ../nbs/00d_runs.ipynb #d5de21c7
+def _probe_cache() -> Path: return Path(os.environ.get('KD_NBS_CACHE', Path.home()/'.cache'/'kd_nbs'))/'cpu_probe.json'
+
+def _cpu_model() -> str:
+    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except Exception: return platform.processor() or platform.machine()
+
+def _step_rate(width: float, amp: bool, batch_size: int, steps: int) -> float:
+    "Images/s of a plain VGG-11 training step on the CPU, channels_last, after one warm-up step."
+    torch.manual_seed(0)
+    m = Trainable(VGG('vgg11', width=width).to(memory_format=torch.channels_last), CrossEntropy())
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last), torch.randint(0, 100, (batch_size,))
+    train_step(m, None, opt, x, y, y, amp)
+    t0 = time.perf_counter()
+    for _ in range(steps): train_step(m, None, opt, x, y, y, amp)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+def cpu_bf16_faster(width: float, batch_size: int = 128, steps: int = 3, margin: float = 1.05) -> bool:
+    "Is bf16 autocast at least `margin` times faster than float32 for a training step on this CPU? (cached)"
+    key = f'{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|width {width}|batch {batch_size}'
+    path = _probe_cache()
+    try: cache = json.loads(path.read_text())
+    except Exception: cache = {}
+    if key not in cache:
+        fp32, bf16 = _step_rate(width, False, batch_size, steps), _step_rate(width, True, batch_size, steps)
+        cache[key] = dict(fp32_img_s=round(fp32), bf16_img_s=round(bf16), bf16=bf16 >= margin * fp32)
+        try: write_text_atomic(json.dumps(cache, indent=1), path)
+        except OSError: pass                      # a read-only home only costs the probe next time
+    return cache[key]['bf16']
+
+# %% ../nbs/00d_runs.ipynb #a6f851b7
+def _need(name, value, ok: bool, what: str):
+    if not ok: raise ValueError(f'{name}={value!r}: {what}')
+
+CUDA_COMPILE = 'reduce-overhead'   # fastest of eager / default / reduce-overhead on an H200 (94_gpucheck)
+
+def speed_choices(device: str, width: float, batch_size: int, amp: bool | None = None, compile: str | None = None,
+                  drop_last: bool | None = None) -> dict:
+    "bf16, memory format, compilation and full batches for `device`: the given values, else the measured fastest."
+    cuda = device.startswith('cuda')
+    if amp is None: amp = cuda or cpu_bf16_faster(width, batch_size)
+    if compile is None: compile = CUDA_COMPILE if cuda else 'off'
+    _need('compile', compile, compile in COMPILE_MODES, f'choose one of {COMPILE_MODES}')
+    _need('compile', compile, cuda or compile != 'reduce-overhead', "records CUDA graphs; on the CPU use 'default' or 'off'")
+    _need('amp', amp, isinstance(amp, bool), 'must be True or False')
+    return dict(amp=amp, channels_last=cuda or width < 1, compile=compile, drop_last=cuda if drop_last is None else drop_last)
+
 # %% ../nbs/00d_runs.ipynb #568e5606
 @dataclass
 class Run:
@@ -79,12 +128,10 @@ class Run:
         "The parameters to store with a result."
         return dict(preset=self.preset, role=self.role, width=self.width, **self.hparams, **more)
 
-def _need(name, value, ok: bool, what: str):
-    if not ok: raise ValueError(f'{name}={value!r}: {what}')
-
 def setup_run(role: str = 'student', preset: str = 'auto', epochs: int | None = None, lr: float | None = None,
               batch_size: int | None = None, width: float | None = None, seed: int = 0, device: str | None = None,
-              data_dir: str | None = None, out_dir: str | None = None, schedule: str | None = None, **hparams) -> Run:
+              data_dir: str | None = None, out_dir: str | None = None, schedule: str | None = None,
+              compile: str | None = None, amp: bool | None = None, **hparams) -> Run:
     "Validate a run notebook's parameters and fill in the rest from the preset."
     _need('role', role, role in ROLES, f'choose one of {ROLES}')
     device = resolve_device(device)
@@ -92,17 +139,17 @@ def setup_run(role: str = 'student', preset: str = 'auto', epochs: int | None = 
     p = PRESETS[name]
     for k, v in dict(epochs=epochs, batch_size=batch_size).items():
         _need(k, v, v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), 'must be a positive integer')
-    _need('lr', lr, lr is None or (isinstance(lr, (int, float)) and lr > 0), 'must be a positive number')
+    _need('lr', lr, lr is None or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0),
+          'must be a positive, finite number')
     _need('width', width, width is None or (isinstance(width, (int, float)) and 0 < width <= 8), 'must lie in (0, 8]')
     _need('schedule', schedule, schedule in (None, 'cosine', 'step'), "choose 'cosine' or 'step' (milestones 150, 180, 210)")
     _need('seed', seed, isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, 'must be a non-negative integer')
     width = float(width or p['width'])
-    cuda = device.startswith('cuda')
     cfg = TrainConfig(epochs=epochs or p['epochs'][role], batch_size=batch_size or p['batch_size'],
                       lr=float(lr or p['lr'][role]), momentum=p['momentum'], nesterov=p['nesterov'],
                       weight_decay=p['weight_decay'], schedule=schedule or p['schedule'], warmup_epochs=p['warmup_epochs'],
                       seed=seed, max_batches=p['max_batches'], eval_batches=p['eval_batches'], device=device,
-                      amp=cuda, channels_last=cuda or width < 1)   # measured fastest on each (see the benchmark)
+                      **speed_choices(device, width, batch_size or p['batch_size'], amp, compile))
     out = Path(out_dir) if out_dir else default_out_dir()
     return Run(role, name, cfg, width, out, data_dir, p['eval_limit'], p['dkd_warmup'], hparams)
 
