@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from .data import BatchAugment, iterate_batches, normalize, CIFAR100_MEAN, CIFAR100_STD
 from .models import VGG
-from .engine import CrossEntropy, Trainable, train_step
+from .engine import CrossEntropy, Trainable, train_step, Stepper, TrainConfig, make_optimizer, prepare_teacher
+from .runs import speed_choices, resolve_device
 from .lm import LogitMatching
 
 # %% auto #0
-__all__ = ['PILCIFAR', 'bench_config', 'run_benchmark']
+__all__ = ['PILCIFAR', 'anchor_batches', 'anchor_step', 'bench_config', 'run_benchmark']
 
 # %% ../nbs/92_bench.ipynb #51cb03c3
 class PILCIFAR(torch.utils.data.Dataset):
@@ -28,52 +29,71 @@ class PILCIFAR(torch.utils.data.Dataset):
         from PIL import Image
         return self.tf(Image.fromarray(self.x[i])), int(self.y[i]), i
 
+# %% ../nbs/92_bench.ipynb #dba3fe75
+def anchor_batches(x_u8: torch.Tensor, y: torch.Tensor, device: str, batch_size: int = 128, workers: int = 2):
+    "The anchors' input pipeline, endlessly: PIL transforms per image in `workers` DataLoader processes."
+    dl = torch.utils.data.DataLoader(PILCIFAR(x_u8.cpu().numpy(), y.cpu().numpy()), batch_size, shuffle=True, drop_last=True,
+                                     num_workers=workers, persistent_workers=workers > 0,
+                                     pin_memory=str(device).startswith('cuda'))
+    while True:
+        for xb, yb, idx in dl: yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), idx.to(device)
+
+def anchor_step(student: VGG, method, teacher: VGG | None, device: str):
+    "The anchors' training step (RepDistiller): float32, eager, the teacher with its BatchNorm, plain SGD."
+    model = Trainable(student, method).to(device).train()
+    if teacher is not None: teacher = teacher.to(device).eval().requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return lambda x, yb, idx: train_step(model, teacher, opt, x, yb, idx)
+
 # %% ../nbs/92_bench.ipynb #a89ca5be
 def _rate(step, batches, batch_size: int, steps: int, warmup: int = 3) -> float:
     "Images per second of `step` over `steps` batches after `warmup` (batches: an iterator of (x, y, idx))."
     for _ in range(warmup): step(*next(batches))
+    if torch.cuda.is_available(): torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps): step(*next(batches))
     if torch.cuda.is_available(): torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - t0)
 
-def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, device: str, batch_size: int = 128,
-                 steps: int = 20, workers: int = 2) -> dict:
-    "Images per second of (a) pipeline, (b) step alone, (c) DataLoader + PIL, for one model configuration."
-    cuda = device.startswith('cuda')
-    fmt = torch.channels_last if (cuda or width < 1) else torch.contiguous_format
+def _pair(width: float, kd: bool) -> tuple[VGG, object, VGG | None]:
     torch.manual_seed(0)
-    student = VGG('vgg11', width=width).to(device, memory_format=fmt)
-    teacher = VGG('vgg16', width=width).to(device, memory_format=fmt).eval().requires_grad_(False) if kd else None
-    model = Trainable(student, LogitMatching() if kd else CrossEntropy()).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = lambda x, yb, idx: train_step(model, teacher, opt, x, yb, idx, amp=cuda)
+    return VGG('vgg11', width=width), LogitMatching() if kd else CrossEntropy(), VGG('vgg16', width=width) if kd else None
+
+def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, device: str, batch_size: int = 128,
+                 steps: int = 20, workers: int = 2, compile: str = 'off') -> dict:
+    """Images per second of (a) our pipeline, (b) our step alone, (c) DataLoader + PIL feeding our step and
+    (d) the anchors' whole loop (DataLoader + PIL feeding the anchors' step), for one model configuration."""
+    cfg = TrainConfig(batch_size=batch_size, device=device, **speed_choices(device, width, batch_size, compile=compile,
+                                                                              drop_last=True))
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    student, method, teacher = _pair(width, kd)
+    model = Trainable(student.to(device, memory_format=fmt), method.to(device)).train()
+    step = Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), cfg.amp, compile)
     x_dev, y_dev = x_u8.to(device), y.to(device)
-    aug, g = BatchAugment(), torch.Generator().manual_seed(0)
+    aug, g = BatchAugment(), torch.Generator(device).manual_seed(0)
     def pipeline():
         while True:
             for idx in iterate_batches(len(y_dev), batch_size, True, g, drop_last=True):
-                idx = idx.to(device)
                 yield normalize(aug(x_dev[idx], g), memory_format=fmt), y_dev[idx], idx
     def fixed():
         b = next(pipeline())
         while True: yield b
     def loader():
-        dl = torch.utils.data.DataLoader(PILCIFAR(x_u8.numpy(), y.numpy()), batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=True, pin_memory=cuda)
-        while True:
-            for xb, yb, idx in dl:
-                yield xb.to(device, non_blocking=True, memory_format=fmt), yb.to(device), idx.to(device)
+        for xb, yb, idx in anchor_batches(x_u8, y, device, batch_size, workers): yield xb.to(memory_format=fmt), yb, idx
     r = {k: _rate(step, it(), batch_size, steps) for k, it in (('a_pipeline', pipeline), ('b_step', fixed), ('c_dataloader', loader))}
-    return dict(width=width, step='KD (VGG-16 teacher)' if kd else 'plain student', **{k: round(v, 1) for k, v in r.items()},
-                a_over_b=round(r['a_pipeline'] / r['b_step'], 3), a_over_c=round(r['a_pipeline'] / r['c_dataloader'], 3))
+    r['d_anchors'] = _rate(anchor_step(*_pair(width, kd), device), anchor_batches(x_u8, y, device, batch_size, workers),
+                           batch_size, steps)
+    return dict(width=width, step='KD (VGG-16 teacher)' if kd else 'plain student', compile=compile, amp=cfg.amp,
+                **{k: round(v, 1) for k, v in r.items()}, a_over_b=round(r['a_pipeline'] / r['b_step'], 3),
+                a_over_c=round(r['a_pipeline'] / r['c_dataloader'], 3), a_over_d=round(r['a_pipeline'] / r['d_anchors'], 3))
 
 # %% ../nbs/92_bench.ipynb #3b2c61f9
 def run_benchmark(widths=(1.0, 0.25), steps: int | None = None, data_dir: str | None = None, device: str | None = None,
-                  n_images: int = 10_000) -> list[dict]:
+                  n_images: int = 10_000, modes=('off',)) -> list[dict]:
     "Print and return the benchmark's figures (random CIFAR-shaped images unless `data_dir` holds the real set)."
     import pandas as pd
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = resolve_device(device)
+    if steps is not None and steps < 1: raise ValueError(f'steps={steps}: must be a positive number of batches')
     if data_dir:
         from kd_nbs.data import load_cifar100
         d = load_cifar100(data_dir); x, y = d.train_x[:n_images], d.train_y[:n_images]
@@ -84,16 +104,9 @@ def run_benchmark(widths=(1.0, 0.25), steps: int | None = None, data_dir: str | 
     print(f'device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch 128')
     rows = []
     for w in widths:
-        for kd in (False, True):
-            n = steps or (8 if w >= 1 and not device.startswith('cuda') else 30)
-            rows.append(bench_config(w, kd, x, y, device, steps=n))
-            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
-    if device.startswith('cuda'):
-        for arch in ('vgg11', 'vgg16', 'vgg19'):
-            m = Trainable(VGG(arch).to(device, memory_format=torch.channels_last), CrossEntropy())
-            opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-            xb = torch.randn(128, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
-            yb = torch.randint(0, 100, (128,), device=device)
-            rate = _rate(lambda a, b, c: train_step(m, None, opt, a, b, c, True), iter(lambda: (xb, yb, yb), None), 128, 50)
-            print(f'{arch}: {rate:,.0f} img/s, {50_000 / rate:.1f} s per CIFAR-100 epoch (step alone)')
+        for mode in modes:
+            for kd in (False, True):
+                n = steps or (8 if w >= 1 and not device.startswith('cuda') else 30)
+                rows.append(bench_config(w, kd, x, y, device, steps=n, compile=mode))
+                print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     return rows

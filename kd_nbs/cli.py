@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--steps', type=int, default=None)
     b.add_argument('--data-dir', default=None)
     b.add_argument('--device', default=None)
+    b.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'default', 'reduce-overhead'],
+                   help='compile modes to measure (reduce-overhead: CUDA only)')
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(build_site(Path(args.run_dir)))
         else:
             from kd_nbs.bench import run_benchmark
-            run_benchmark(tuple(args.widths), args.steps, args.data_dir, args.device)
+            run_benchmark(tuple(args.widths), args.steps, args.data_dir, args.device, modes=tuple(args.compile))
     except (SuiteError, ValueError, FileNotFoundError) as e:
         print(f'kd-nbs: {e}', file=sys.stderr)
         return 1

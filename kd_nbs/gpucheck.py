@@ -48,9 +48,9 @@ STAGE_OVERHEAD_S = 20   # per notebook: kernel start, imports, reading CIFAR-100
 # %% ../nbs/94_gpucheck.ipynb #69c1e85d
 def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_dir: str | None = None,
                learnable: bool = False, seed: int = 0) -> CIFAR100:
-    """CIFAR-shaped data on `device`: the real set when `data_dir` (or `$KD_NBS_DATA`) has it, else random uint8
+    """CIFAR-shaped data on `device`: the real set from `data_dir` (the check passes `$KD_NBS_DATA`), else random uint8
     images (`learnable`: each class is tinted its own colour, so a short run's loss can fall)."""
-    if data_dir or os.environ.get('KD_NBS_DATA'):
+    if data_dir:
         d = load_cifar100(data_dir, device=device, download=False)
         return CIFAR100(d.train_x[:n_train], d.train_y[:n_train], d.test_x[:n_test], d.test_y[:n_test], d.classes, d.root)
     g = torch.Generator().manual_seed(seed)
@@ -114,27 +114,15 @@ class _locked:
 # %% ../nbs/94_gpucheck.ipynb #c8eca04e
 def measure_anchor(row: str, width: float, steps: int, warmup: int, data: CIFAR100, device: str, workers: int = 8,
                    lock: str | None = None, batch_size: int = 128) -> dict:
-    """The anchors' way (torchvision/RepDistiller): a Dataset with per-image PIL transforms, a DataLoader with
-    `workers` processes, float32, eager, BatchNorm in the teacher; same model and batch size as `row`."""
-    from kd_nbs.bench import PILCIFAR
-    from kd_nbs.engine import train_step
-    cuda = device.startswith('cuda')
-    student, method, teacher = build_row(row, width, len(data.train_y))
-    student.to(device); method.to(device)
-    if teacher is not None: teacher.to(device).eval().requires_grad_(False)
-    model = Trainable(student, method).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    ds = PILCIFAR(data.train_x.cpu().numpy(), data.train_y.cpu().numpy())
-    dl = torch.utils.data.DataLoader(ds, batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                                     pin_memory=cuda, persistent_workers=workers > 0)
-    def batches():
-        while True:
-            for x, y, i in dl: yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), i.to(device)
-    it = batches()
-    for _ in range(warmup): train_step(model, teacher, opt, *next(it))
+    """The anchors' way (torchvision/RepDistiller, `92_bench`): a Dataset with per-image PIL transforms, a DataLoader
+    with `workers` processes, float32, eager, BatchNorm in the teacher; same model and batch size as `row`."""
+    from kd_nbs.bench import anchor_batches, anchor_step
+    step = anchor_step(*build_row(row, width, len(data.train_y)), device)
+    it = anchor_batches(data.train_x, data.train_y, device, batch_size, workers)
+    for _ in range(warmup): step(*next(it))
     with _locked(lock):
         _sync(device); t0 = time.perf_counter()
-        for _ in range(steps): train_step(model, teacher, opt, *next(it))
+        for _ in range(steps): step(*next(it))
         _sync(device); step_s = (time.perf_counter() - t0) / steps
     return dict(row=row, mode='anchor', workers=workers, width=width, step_ms=round(1e3 * step_s, 3),
                 img_s=round(batch_size / step_s), epoch_s=round(50_000 // batch_size * step_s, 3))
@@ -184,7 +172,8 @@ def _worker(spec: dict) -> dict:
         import torch._inductor.config as ic; ic.compile_threads = spec['compile_threads']
     kind, dev = spec['kind'], spec['device']
     if dev.startswith('cuda'): torch.backends.cudnn.benchmark = True   # as fit does, and as the anchors do
-    data = check_data(dev, spec['n_train'], spec['n_test'], learnable=kind == 'sanity')
+    real = os.environ.get('KD_NBS_DATA') if kind != 'sanity' else None   # the sanity run wants learnable data
+    data = check_data(dev, spec['n_train'], spec['n_test'], real, learnable=kind == 'sanity')
     if kind == 'row': return measure_row(spec['row'], spec['mode'], spec['width'], spec['steps'], spec['warmup'], data, dev, spec['lock'])
     if kind == 'anchor': return measure_anchor(spec['row'], spec['width'], spec['steps'], spec['warmup'], data, dev, spec['workers'], spec['lock'])
     if kind == 'share': return measure_share(spec['mode'], spec['width'], spec['seconds'], data, dev, spec['barrier'], spec['k'], spec['rank'])

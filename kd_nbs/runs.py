@@ -15,10 +15,10 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, CO
                            CrossEntropy, train_step, write_text_atomic)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'TEACHERS', 'DISPLAY_NAMES', 'resolve_device', 'resolve_preset', 'project_root',
-           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'teacher_name', 'student_name',
-           'best_checkpoint', 'freeze', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate',
-           'plot_history', 'display_name', 'summary_line', 'saved_models']
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHERS', 'DISPLAY_NAMES', 'resolve_device', 'resolve_preset',
+           'project_root', 'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'run_params',
+           'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'load_teacher', 'load_data', 'new_model',
+           'train', 'read_result', 'evaluate', 'plot_history', 'display_name', 'summary_line', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -152,6 +152,12 @@ def setup_run(role: str = 'student', preset: str = 'auto', epochs: int | None = 
                       **speed_choices(device, width, batch_size or p['batch_size'], amp, compile))
     out = Path(out_dir) if out_dir else default_out_dir()
     return Run(role, name, cfg, width, out, data_dir, p['eval_limit'], p['dkd_warmup'], hparams)
+
+RUN_PARAMS = ('preset', 'epochs', 'lr', 'schedule', 'batch_size', 'width', 'seed', 'device', 'data_dir', 'out_dir', 'compile')
+
+def run_params(ns: dict) -> dict:
+    "The shared run parameters a notebook's `parameters` cell defined (pass `globals()`), for `setup_run`."
+    return {k: ns[k] for k in RUN_PARAMS if k in ns}
 
 # %% ../nbs/00d_runs.ipynb #9f64920d
 TEACHERS = {'vgg16': ('teacher_vgg16_cifar100', '01_teacher.ipynb', '-p arch vgg16'),

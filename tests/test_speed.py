@@ -1,0 +1,86 @@
+"Issue 7 on the CPU: folded teachers, compiled steps equal eager ones, CUDA-only options refused, the GPU check's JSON."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+import torch.nn as nn
+from kd_nbs.models import VGG
+from kd_nbs.engine import TrainConfig, Trainable, CrossEntropy, Stepper, make_optimizer, fold_bn, prepare_teacher
+from kd_nbs.lm import LogitMatching
+from kd_nbs.gpucheck import ROWS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trained_bn(model):
+    "Non-trivial BatchNorm statistics and affine parameters, as after training."
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize('arch', ['vgg16', 'vgg19'])
+def test_folded_teacher_equals_the_unfolded_one(arch):
+    torch.manual_seed(0)
+    t = _trained_bn(VGG(arch, width=0.5))
+    x = torch.randn(16, 3, 32, 32)
+    a, b = t(x, features=True), fold_bn(t)(x, features=True)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    for fa, fb in zip(a.blocks + [a.embedding], b.blocks + [b.embedding]):
+        assert torch.allclose(fa, fb, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fold_bn(t).modules())
+
+
+def _one_step(mode):
+    torch.manual_seed(0)
+    student, teacher = VGG('vgg11', width=0.125), _trained_bn(VGG('vgg16', width=0.125))
+    cfg = TrainConfig(compile=mode, channels_last=True)
+    model = Trainable(student.to(memory_format=torch.channels_last), LogitMatching())
+    step = Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), mode=mode)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 32, 32, generator=g).to(memory_format=torch.channels_last), torch.randint(0, 100, (32,), generator=g)
+    losses = [{k: v.item() for k, v in step(x, y, torch.arange(32))[1].items()} for _ in range(2)]
+    return losses, step.compiled, student
+
+
+def test_compiled_step_gives_the_eager_losses():
+    eager, _, s_eager = _one_step('off')
+    compiled, was_compiled, s_comp = _one_step('default')
+    assert was_compiled, 'torch.compile fell back to eager on this machine'
+    for e, c in zip(eager, compiled):       # two steps: the second starts from the first step's update
+        assert e.keys() == c.keys()
+        for k in e: assert abs(e[k] - c[k]) <= 1e-4 * max(1, abs(e[k])), (k, e[k], c[k])
+    for a, b in zip(s_eager.parameters(), s_comp.parameters()): assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_cuda_only_options_are_refused_on_the_cpu():
+    if torch.cuda.is_available(): pytest.skip('this machine has a GPU')
+    with pytest.raises(ValueError, match='needs a CUDA device'): TrainConfig(compile='reduce-overhead')
+    r = subprocess.run([sys.executable, '-c', 'from kd_nbs.cli import main; raise SystemExit(main())', 'bench', '--device', 'cuda'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and 'no CUDA GPU is available here' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
+    out = tmp_path/'gc'
+    args = ('--device cpu --width 0.0625 --steps 2 --warmup 1 --n-train 512 --n-test 256 --share 1 2 '
+            '--share-seconds 1 --anchor-workers 0')
+    env = {k: v for k, v in os.environ.items() if k != 'KD_NBS_DATA'}
+    r = subprocess.run(['make', '-s', 'gpu-check', f'PYTHON={sys.executable}', f'GPU_OUT={out}', f'GPU_CHECK_ARGS={args}'],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((out/'gpu_check.json').read_text())
+    assert sorted(x['row'] for x in report['rows']) == sorted(ROWS)
+    assert all(x['epoch_s'] > 0 and 'error' not in x for x in report['rows'])
+    assert {a['row'] for a in report['anchors']} == {'si', 'lm'} and all(a['img_s'] > 0 for a in report['anchors'])
+    assert set(report['share']) == {'1', '2'} and all(v['img_s'] > 0 for v in report['share'].values())
+    s = report['sanity']
+    assert s['finite'] and s['cpu_load'] and s['same_predictions'], s
+    p = report['projection']['1 seed, one stage at a time']
+    assert p['missing'] == [] and p['minutes'] > 0
+    assert 'projected paper study' in r.stdout
