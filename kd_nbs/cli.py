@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--only', nargs='+', default=None, help='run only these stages')
     r.add_argument('--reports', default=None, help='reports folder (default: <project>/reports)')
     r.add_argument('--no-site', action='store_true', help='skip the website')
+    r.add_argument('--nbs', default=None, help='folder of the notebooks (default: <project>/nbs)')
+    r.add_argument('--rerun-changed', action='store_true',
+                   help='finished stages whose parameters changed: move their outputs to seed<k>/archive/ and rerun them')
     s = sub.add_parser('site', help='(re)build the website of a finished run folder')
     s.add_argument('run_dir')
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             from kd_nbs.suite import run_suite, parse_overrides
             if args.epochs is not None and args.epochs < 1: raise SuiteError(f'--epochs {args.epochs}: must be positive')
             run_suite(args.name or args.preset, args.preset, args.seeds, args.epochs, args.data_dir, args.device,
-                      parse_overrides(args.overrides), args.reports, only=args.only, site=not args.no_site)
+                      parse_overrides(args.overrides), args.reports, args.nbs, only=args.only, site=not args.no_site,
+                      rerun_changed=args.rerun_changed)
         elif args.command == 'site':
             from kd_nbs.site import build_site
             print(build_site(Path(args.run_dir)))
@@ -54,5 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             run_benchmark(tuple(args.widths), args.steps, args.data_dir, args.device, modes=tuple(args.compile))
     except (SuiteError, ValueError, FileNotFoundError) as e:
         print(f'kd-nbs: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:            # a full disk, a read-only folder...: one line, not a traceback
+        print(f'kd-nbs: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''), file=sys.stderr)
         return 1
     return 0

@@ -15,10 +15,11 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, CO
                            CrossEntropy, train_step, write_text_atomic)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHERS', 'DISPLAY_NAMES', 'resolve_device', 'resolve_preset',
-           'project_root', 'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'run_params',
-           'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'load_teacher', 'load_data', 'new_model',
-           'train', 'read_result', 'evaluate', 'plot_history', 'display_name', 'summary_line', 'saved_models']
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHERS', 'TEACHER_ARCH', 'DISPLAY_NAMES', 'resolve_device',
+           'resolve_preset', 'project_root', 'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run',
+           'run_params', 'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'load_teacher', 'load_data',
+           'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'display_name', 'summary_line',
+           'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -180,6 +181,8 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     "Eval mode and no gradients: a teacher's forward then costs no gradient memory."
     return model.eval().requires_grad_(False)
 
+TEACHER_ARCH = {'vgg16': 'vgg16', 'vgg19': 'vgg19', 'color_invariant': 'vgg16'}
+
 def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
     "The frozen teacher `teacher` from `run.out_dir`."
     name = teacher_name(teacher)
@@ -189,10 +192,12 @@ def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
         raise FileNotFoundError(
             f'No {teacher} teacher at {path}. Train it first: papermill nbs/{nb} {name}.ipynb {extra} '
             f'-p preset {run.preset} -p out_dir {run.out_dir}'.replace('  ', ' '))
-    model, ck = load_model(path, run.device)
+    model, ck = load_model(path, run.device, arch=TEACHER_ARCH[teacher])
     if verbose:
-        print(f'teacher {teacher}: {model.arch} width {model.width}, test accuracy {ck["best_acc"]:.2f}% '
-              f'after {ck["epoch"]} epochs ({ck["params"]["run"].get("preset")} preset), from {path}')
+        acc, epoch = ck.get('best_acc'), ck.get('epoch', '?')
+        preset = (ck.get('params') or {}).get('run', {}).get('preset', '?')
+        print(f'teacher {teacher}: {model.arch} width {model.width}, test accuracy '
+              f'{f"{acc:.2f}%" if acc is not None else "unknown"} after {epoch} epochs ({preset} preset), from {path}')
     return freeze(model)
 
 # %% ../nbs/00d_runs.ipynb #5a2c2cc7

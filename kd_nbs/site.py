@@ -38,7 +38,12 @@ def home_page(summary: dict, notebooks: list[Path], has_figure: bool) -> str:
 def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     "Write and build the Jupyter Book of a suite run; returns the home page's path."
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir/'summary.json').read_text())
+    path = run_dir/'summary.json'
+    if not path.is_file(): raise FileNotFoundError(f'{path}: no such file; is {run_dir} a finished `kd-nbs run` folder?')
+    try: summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}; cut short?): run `kd-nbs run` with '
+                         'the same options again to rewrite it') from None
     seed_dir = seed_dir or run_dir/f'seed{summary["seeds"][0]}'
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)

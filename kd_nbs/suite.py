@@ -4,19 +4,20 @@
 
 # %% ../nbs/90_suite.ipynb #4871b354
 from __future__ import annotations
-import fcntl, json, os, time
+import difflib, errno, fcntl, json, os, shutil, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, display_name
+from .runs import project_root, display_name, setup_run, RUN_PARAMS
 from .engine import write_text_atomic
 
 # %% auto #0
-__all__ = ['STUDENTS', 'STAGES', 'SHARED', 'TABLES', 'SORT_BY', 'Stage', 'parse_overrides', 'stage_params', 'notebook_parameters',
-           'is_done', 'SuiteError', 'run_lock', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize',
-           'write_summary', 'run_suite']
+__all__ = ['STUDENTS', 'STAGES', 'SHARED', 'TABLES', 'SORT_BY', 'Stage', 'report_name', 'stage_files', 'parse_overrides',
+           'stage_params', 'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError',
+           'run_lock', 'check_overrides', 'check_values', 'run_stage', 'accuracy_table', 'collect', 'mean_std',
+           'summarize', 'write_summary', 'plan', 'refuse_or_archive', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 @dataclass(frozen=True)
@@ -44,6 +45,20 @@ STAGES = (
 )
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')
 
+# %% ../nbs/90_suite.ipynb #c06531e5
+def report_name(stage: Stage) -> str:
+    "The executed notebook's file name: `03_lm.ipynb`, `01_teacher_vgg19.ipynb`."
+    return f'{Path(stage.notebook).stem}{"_" + stage.params["arch"] if "arch" in stage.params else ""}.ipynb'
+
+def stage_files(stage: Stage) -> list[str]:
+    "Every file a stage writes: its outputs, each checkpoint's `last_`, metrics and result files, the executed notebook."
+    files = list(stage.outputs)
+    for f in stage.outputs:
+        if f.startswith('best_') and f.endswith('.pth'):
+            n = f.removeprefix('best_').removesuffix('.pth')
+            files += [f'last_{n}.pth', f'{n}_metrics.jsonl', f'{n}_result.json']
+    return files + [report_name(stage)]
+
 # %% ../nbs/90_suite.ipynb #9136684a
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     "`['lm.alpha=0.9', 'epochs=3']` → `{'lm': {'alpha': 0.9}, '*': {'epochs': 3}}`."
@@ -54,14 +69,18 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         key, sep, value = item.partition('=')
         if not sep or not key: raise ValueError(f'--set {item!r}: expected key=value or stage.key=value')
         stage, _, param = key.rpartition('.')
-        if stage and stage not in names: raise ValueError(f'--set {item!r}: no stage {stage!r}; stages are {sorted(names)}')
+        if stage and stage not in names:
+            close = difflib.get_close_matches(stage, names, 1)
+            raise ValueError(f'--set {item!r}: no stage {stage!r}' + (f'; did you mean {close[0]!r}?' if close else f'; stages are {sorted(names)}'))
         out.setdefault(stage or '*', {})[param] = yaml.safe_load(value)
     return out
 
 def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, accepts=None) -> dict:
-    "What papermill passes to the stage's notebook: the shared values it `accepts`, then its own, then overrides."
-    p = {k: v for k, v in shared.items() if v is not None and (accepts is None or k in accepts)}
-    p.update(stage.params); p.update(overrides.get('*', {})); p.update(overrides.get(stage.name, {}))
+    "What papermill passes to the stage's notebook: the shared values and `--set` values it `accepts`, then its own."
+    ok = lambda k: accepts is None or k in accepts
+    p = {k: v for k, v in shared.items() if v is not None and ok(k)}
+    p.update(stage.params); p.update({k: v for k, v in overrides.get('*', {}).items() if ok(k)})
+    p.update(overrides.get(stage.name, {}))
     p['out_dir'] = str(out_dir)
     return p
 
@@ -75,13 +94,33 @@ def notebook_parameters(path: Path) -> set[str]:
 def _stamp(out_dir: Path, stage: Stage) -> Path: return out_dir/'.stages'/f'{stage.name}.json'
 
 def is_done(stage: Stage, params: dict, out_dir: Path) -> bool:
-    "Outputs present, and written by a stage with these very parameters."
+    "Outputs present, and written by a stage with these very parameters (a stamp is written only on success)."
     s = _stamp(out_dir, stage)
     return (s.exists() and json.loads(s.read_text()).get('params') == params
             and all((out_dir/f).exists() for f in stage.outputs))
 
+def changed_params(stage: Stage, params: dict, out_dir: Path) -> str | None:
+    "How `params` differ from those a finished `stage` in `out_dir` ran with, or None (not finished, or the same)."
+    s = _stamp(out_dir, stage)
+    if not s.exists(): return None
+    old = json.loads(s.read_text()).get('params', {})
+    diff = [f'{k}: {old.get(k)!r} then, {params.get(k)!r} now' for k in sorted(set(old) | set(params))
+            if old.get(k) != params.get(k)]
+    return '; '.join(diff) or None
+
+def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
+    "Move everything `stage` wrote in `out_dir` into `out_dir/archive/<time>_<stage>/`; returns that folder."
+    present = [f for f in stage_files(stage) if (out_dir/f).exists()]
+    _stamp(out_dir, stage).unlink(missing_ok=True)
+    if not present: return None
+    dest = out_dir/'archive'/f'{time.strftime("%Y%m%d-%H%M%S")}_{stage.name}'
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in present: shutil.move(str(out_dir/f), str(dest/f))
+    return dest
+
 class SuiteError(RuntimeError): "A suite that cannot start or a stage that failed."
 
+# %% ../nbs/90_suite.ipynb #b85b02f8
 @contextmanager
 def run_lock(run_dir: Path):
     "An exclusive lock on `run_dir`, or a SuiteError naming who holds it."
@@ -97,20 +136,57 @@ def run_lock(run_dir: Path):
     finally:
         fcntl.flock(f, fcntl.LOCK_UN); f.close()
 
+# %% ../nbs/90_suite.ipynb #1ed7ee6e
+def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set]) -> None:
+    "Every `--set` name is declared by the notebook(s) it goes to; else a SuiteError suggesting the closest name."
+    for key, values in overrides.items():
+        targets = [s for s in stages if key in ('*', s.name)]
+        if not targets: continue                                  # a stage left out by --only
+        known = set().union(*(declared[s.name] for s in targets))
+        for name in values:
+            if (any if key == '*' else all)(name in declared[s.name] for s in targets): continue
+            close = difflib.get_close_matches(name, known, 1)
+            where = 'no notebook of this suite has' if key == '*' else f'stage {key} ({targets[0].notebook}) has no'
+            raise SuiteError(f"--set {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
+                             + (f'did you mean {close[0]!r}?' if close else f'its parameters are {sorted(known)}'))
+
+def check_values(params: dict[str, dict]) -> None:
+    "The run parameters each stage will get pass `setup_run`'s checks (types, ranges, finiteness)."
+    for name, p in params.items():
+        try: setup_run('student', **{k: v for k, v in p.items() if k in RUN_PARAMS and k != 'out_dir'}, amp=False)
+        except (ValueError, TypeError) as e: raise SuiteError(f'stage {name}: {e}') from None
+
 # %% ../nbs/90_suite.ipynb #44a1c011
+def _why(e: BaseException, out_dir: Path) -> str:
+    "One sentence for an error outside the notebook's own cells."
+    if type(e).__name__ == 'DeadKernelError':
+        return 'its kernel died (killed, or out of memory: the kernel is the largest process, so the OOM killer picks it)'
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC: return f'the disk holding {out_dir} is full'
+    return f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+
 def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
     "Execute one stage with papermill; returns the executed notebook's path."
     import papermill as pm
-    out_nb = out_dir/f'{Path(stage.notebook).stem}{"_" + stage.params["arch"] if "arch" in stage.params else ""}.ipynb'
+    out_nb = out_dir/report_name(stage)
+    tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
+    _stamp(out_dir, stage).unlink(missing_ok=True)
     try:
-        pm.execute_notebook(nbs_dir/stage.notebook, out_nb, parameters=params, progress_bar=progress,
+        pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress,
                             kernel_name='python3', cwd=str(out_dir))
-    except pm.PapermillExecutionError as e:
-        raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, cell {e.cell_index} '
-                         f'(execution count {e.exec_count}): {e.ename}: {e.evalue}. The executed notebook is '
-                         f'{out_nb}; finished stages are kept, and running the suite again resumes here.') from None
+    except BaseException as e:
+        kept = ''
+        if tmp.exists():
+            failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed); kept = f' The failed execution is {failed}.'
+        if isinstance(e, KeyboardInterrupt): raise
+        where = (f'cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}'
+                 if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir))
+        raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
+                         f'and running the suite again resumes here.') from None
     missing = [f for f in stage.outputs if not (out_dir/f).exists()]
-    if missing: raise SuiteError(f'stage {stage.name} ran but did not write {missing} in {out_dir}')
+    if missing:
+        failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed)
+        raise SuiteError(f'stage {stage.name} ran but did not write {missing} in {out_dir}; its execution is {failed}')
+    os.replace(tmp, out_nb)
     write_text_atomic(json.dumps({'params': params, 'notebook': str(out_nb), 'finished': time.time()}),
                       _stamp(out_dir, stage))
     return out_nb
@@ -177,34 +253,76 @@ def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict) -> di
     return summary
 
 # %% ../nbs/90_suite.ipynb #0491ae36
-def run_suite(name: str = 'quick', preset: str = 'quick', seeds=(0,), epochs: int | None = None,
-              data_dir: str | None = None, device: str | None = None, overrides: dict | None = None,
-              reports_dir: str | os.PathLike | None = None, nbs_dir: str | os.PathLike | None = None,
-              only: list[str] | None = None, site: bool = True, progress: bool = True) -> Path:
+def _writable(run_dir: Path) -> None:
+    "A SuiteError unless `run_dir` can be made and written to."
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir/f'.write-test-{os.getpid()}'; probe.write_text('ok'); probe.unlink()
+    except OSError as e:
+        raise SuiteError(f'cannot write the run folder {run_dir}: {e.strerror or e}; choose another --reports or --name') from None
+
+def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path) -> list[tuple]:
+    "`(seed, stage, params, out_dir)` for every stage of every seed, checked before anything runs."
+    declared = {s.name: notebook_parameters(nbs_dir/s.notebook) for s in stages}
+    check_overrides(stages, overrides, declared)
+    jobs = [(seed, s, stage_params(s, dict(shared, seed=seed), overrides, run_dir/f'seed{seed}', declared[s.name]),
+             run_dir/f'seed{seed}') for seed in seeds for s in stages]
+    check_values({f'{s.name} (seed {seed})': p for seed, s, p, _ in jobs})
+    return jobs
+
+def refuse_or_archive(jobs: list[tuple], rerun_changed: bool) -> None:
+    "Finished stages asked to run with other parameters: refused, naming old and new values, or archived."
+    changed = [(s, d, diff) for _, s, p, d in jobs if (diff := changed_params(s, p, d))]
+    if not changed: return
+    if not rerun_changed:
+        raise SuiteError('these finished stages ran with other parameters:\n' +
+                         ''.join(f'  {d.name}/{s.name} ({s.notebook}): {diff}\n' for s, d, diff in changed) +
+                         'Nothing was run. To keep their results, use another --name; to move their outputs to '
+                         'seed<k>/archive/ and run them again, add --rerun-changed.')
+    for s, d, _ in changed: print(f'{d.name}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
+
+def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
+              preset: str = 'quick',                # smoke | quick | paper | auto
+              seeds=(0,),                           # one seed folder each; tables show mean ± std over them
+              epochs: int | None = None,            # epochs for every training notebook (None: the preset's)
+              data_dir: str | None = None,          # folder holding cifar-100-python/ (None: $KD_NBS_DATA or the cache)
+              device: str | None = None,            # cpu | cuda[:k] (None: CUDA when available)
+              overrides: dict | None = None,        # from `parse_overrides`: {'lm': {'alpha': 0.9}, '*': {...}}
+              reports_dir: str | os.PathLike | None = None,   # parent of the run folder (None: <project>/reports)
+              nbs_dir: str | os.PathLike | None = None,       # the notebooks (None: <project>/nbs)
+              only: list[str] | None = None,        # run only these stages
+              site: bool = True,                    # build the website at the end
+              progress: bool = True,                # papermill's cell progress bars
+              rerun_changed: bool = False,          # archive finished stages whose parameters changed, and rerun them
+              ) -> Path:
     "Run every stage for every seed into `reports/<name>/`, then the summary and the website."
     root = project_root()
     nbs_dir = Path(nbs_dir) if nbs_dir else (root/'nbs' if root else None)
     if not nbs_dir or not (nbs_dir/'01_teacher.ipynb').exists():
-        raise SuiteError(f'cannot find the notebooks ({nbs_dir}); run from the kd-nbs project or pass --nbs')
+        raise SuiteError(f'cannot find the notebooks ({nbs_dir or "not in a kd-nbs project"}); run from the kd-nbs '
+                         'project or pass --nbs FOLDER')
+    bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and s >= 0)]
+    if bad or not seeds: raise SuiteError(f'--seeds {" ".join(map(str, seeds))}: seeds must be non-negative integers')
     run_dir = Path(reports_dir or (root or Path.cwd())/'reports').resolve()/name
     overrides = overrides or {}
     if data_dir: data_dir = str(Path(data_dir).resolve())
     stages = [s for s in STAGES if not only or s.name in only]
     if only and len(stages) != len(set(only)): raise SuiteError(f'unknown stages in {only}; stages are {[s.name for s in STAGES]}')
+    shared = dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device)
+    jobs = plan(stages, seeds, shared, overrides, run_dir, nbs_dir)
+    _writable(run_dir)
     with run_lock(run_dir):
-        seed_dirs, t_start = {}, time.time()
-        for seed in seeds:
-            out_dir = run_dir/f'seed{seed}'; out_dir.mkdir(parents=True, exist_ok=True); seed_dirs[seed] = out_dir
-            shared = dict(preset=preset, epochs=epochs, seed=seed, data_dir=data_dir, device=device)
-            for i, stage in enumerate(stages, 1):
-                params = stage_params(stage, shared, overrides, out_dir, notebook_parameters(nbs_dir/stage.notebook))
-                tag = f'[seed {seed} · {i}/{len(stages)}] {stage.name} ({stage.notebook})'
-                if is_done(stage, params, out_dir): print(f'{tag}: done already, skipped', flush=True); continue
-                print(f'{tag}: running…', flush=True); t0 = time.time()
-                run_stage(stage, params, out_dir, nbs_dir, progress)
-                print(f'{tag}: finished in {(time.time() - t0) / 60:.1f} min (suite {(time.time() - t_start) / 60:.1f} min)', flush=True)
+        refuse_or_archive(jobs, rerun_changed)
+        t_start = time.time()
+        for i, (seed, stage, params, out_dir) in enumerate(jobs, 1):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tag = f'[seed {seed} · {(i - 1) % len(stages) + 1}/{len(stages)}] {stage.name} ({stage.notebook})'
+            if is_done(stage, params, out_dir): print(f'{tag}: done already, skipped', flush=True); continue
+            print(f'{tag}: running…', flush=True); t0 = time.time()
+            run_stage(stage, params, out_dir, nbs_dir, progress)
+            print(f'{tag}: finished in {(time.time() - t0) / 60:.1f} min (suite {(time.time() - t_start) / 60:.1f} min)', flush=True)
         config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides)
-        summary = write_summary(run_dir, seed_dirs, config)
+        summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config)
         for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
         if site:
             from kd_nbs.site import build_site

@@ -53,7 +53,8 @@ def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_di
     with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1'):
         run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'],
                   overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)
-    assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()
+    assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'failed'/'03_lm.ipynb').exists()
+    assert not (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()          # a failed execution is no report
     assert not (tmp_path/'f'/'seed0'/'best_student_lm.pth').exists()
     capsys.readouterr()
     with pytest.raises(SuiteError, match='No vgg16 teacher at .*papermill nbs/01_teacher.ipynb'):
