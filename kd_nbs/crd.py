@@ -13,7 +13,7 @@ from .engine import Method
 from .models import VGG, feature_shapes
 
 # %% auto #0
-__all__ = ['Embed', 'contrast_scores', 'nce_loss', 'log_normalizer', 'momentum_update', 'CRD']
+__all__ = ['NEGATIVES', 'Embed', 'contrast_scores', 'nce_loss', 'log_normalizer', 'momentum_update', 'CRD']
 
 # %% ../nbs/05_crd.ipynb #530f868d
 class Embed(nn.Module):
@@ -29,13 +29,18 @@ def contrast_scores(v: torch.Tensor, memory: torch.Tensor, index: torch.Tensor, 
     pos = (v * memory[index]).sum(1, keepdim=True)
     return torch.cat([pos, v @ memory[negatives].T], 1) / tau
 
-def nce_loss(scores: torch.Tensor, log_z: torch.Tensor | float, n_data: int) -> torch.Tensor:
+def nce_loss(scores: torch.Tensor, log_z: torch.Tensor | float, n_data: int, drop: torch.Tensor | None = None) -> torch.Tensor:
     """NCE loss for scores `v·m/τ` [B, K+1] (positive first), h = exp(score)/Z and noise P_n = 1/n_data.
     −log(h⁺/(h⁺+K·P_n)) = softplus(log K·P_n − log h⁺) and −log(K·P_n/(h+K·P_n)) = softplus(log h − log K·P_n):
-    two fused operations per score, and no overflow however large exp(score) would be."""
-    log_kpn = math.log((scores.shape[1] - 1) / n_data)
+    two fused operations per score, and no overflow however large exp(score) would be. `drop` [B, K] marks
+    negatives a sample leaves out (its own class); each sample's K is then its own count of kept negatives."""
+    k = scores.shape[1] - 1
+    log_kpn = math.log(k / n_data) if drop is None else torch.log((k - drop.sum(1)).clamp_min(1) / n_data)[:, None]
     log_h = scores - log_z
-    return (F.softplus(log_kpn - log_h[:, 0]).sum() + F.softplus(log_h[:, 1:] - log_kpn).sum()) / scores.shape[0]
+    neg = F.softplus(log_h[:, 1:] - log_kpn)
+    if drop is not None: neg = neg.masked_fill(drop, 0)
+    pos = F.softplus(log_kpn - log_h[:, :1])
+    return (pos.sum() + neg.sum()) / scores.shape[0]
 
 def log_normalizer(scores: torch.Tensor, n_data: int) -> torch.Tensor:
     "log Z with Z = mean(exp(score))·N, RepDistiller's constant (set once, from the first batch)."
@@ -47,16 +52,36 @@ def momentum_update(memory: torch.Tensor, index: torch.Tensor, v: torch.Tensor, 
     memory.index_copy_(0, index, F.normalize(memory[index] * momentum + v * (1 - momentum), dim=1))
 
 # %% ../nbs/05_crd.ipynb #a674052a
+NEGATIVES = ('exact', 'uniform')
+
 class CRD(Method):
     "CE + w·(NCE_student + NCE_teacher) with per-side memory banks over the training set."
     needs_teacher = True
-    def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, n_negatives: int = 16384,
-                 tau: float = 0.07, momentum: float = 0.5, weight: float = 0.8):
+    def __init__(self, s_dim: int,                 # the student's embedding size
+                 t_dim: int,                       # the teacher's embedding size
+                 n_data: int,                      # training images: one bank row each
+                 feat_dim: int = 128,              # size of the projected embeddings
+                 n_negatives: int = 16384,         # K, negatives per sample (RepDistiller's value)
+                 tau: float = 0.07,                # temperature of the scores
+                 momentum: float = 0.5,            # bank update: m ← momentum·m + (1 − momentum)·v
+                 weight: float = 0.8,              # of the CRD term beside cross-entropy
+                 negatives: str = 'exact',         # 'exact': from other classes (RepDistiller); 'uniform': any image
+                 labels: torch.Tensor | None = None):   # the training labels, needed by 'exact'
         super().__init__()
         if not 0 < n_negatives: raise ValueError(f'n_negatives={n_negatives!r}: must be positive')
         if not tau > 0: raise ValueError(f'tau={tau!r}: must be positive')
         if not 0 <= momentum < 1: raise ValueError(f'momentum={momentum!r}: must lie in [0, 1)')
+        if negatives not in NEGATIVES: raise ValueError(f'negatives={negatives!r}: choose one of {NEGATIVES}')
+        if negatives == 'exact' and (labels is None or len(labels) != n_data):
+            raise ValueError("negatives='exact' draws from other classes and needs the training labels: "
+                             "CRD.between(student, teacher, len(data.train_y), labels=data.train_y)")
         self.n_data, self.k, self.tau, self.momentum, self.weight = n_data, n_negatives, tau, momentum, weight
+        self.negatives = negatives
+        if negatives == 'exact':
+            c = int(labels.max()) + 1
+            self.k_draw = math.ceil(n_negatives * c / (c - 1)) if c > 1 else n_negatives   # K kept on average
+            self.register_buffer('labels', labels.detach().long().clone(), persistent=False)
+        else: self.k_draw, self.labels = n_negatives, None
         self.embed_s, self.embed_t = Embed(s_dim, feat_dim), Embed(t_dim, feat_dim)
         stdv = 1 / math.sqrt(feat_dim / 3)   # RepDistiller's initialisation of the banks
         self.register_buffer('memory_s', torch.rand(n_data, feat_dim).mul_(2 * stdv).add_(-stdv))
@@ -81,14 +106,15 @@ class CRD(Method):
         with torch.autocast(student.embedding.device.type, enabled=False):   # exp(·/τ) wants float32
             v_s = self.embed_s(student.embedding.float())
             v_t = self.embed_t(teacher.embedding.detach().float())
-            negatives = torch.randint(0, self.n_data, (self.k,), device=index.device)
+            negatives = torch.randint(0, self.n_data, (self.k_draw,), device=index.device)
+            drop = self.labels[negatives][None, :] == labels[:, None] if self.labels is not None else None
             # student vs teacher bank and vice versa (the gathers copy the rows before the update below)
             h_s = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
             h_t = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
             # set once, from the first batch (a select, not an `if`, so a compiled step has no branch on data)
             first = torch.stack([log_normalizer(h.detach(), self.n_data) for h in (h_s, h_t)])
             self.log_z.copy_(torch.where(self.z_set, self.log_z, first)); self.z_set.fill_(True)
-            loss = nce_loss(h_s, self.log_z[0], self.n_data) + nce_loss(h_t, self.log_z[1], self.n_data)
+            loss = nce_loss(h_s, self.log_z[0], self.n_data, drop) + nce_loss(h_t, self.log_z[1], self.n_data, drop)
             idx, vs, vt = self._sync(index, v_s.detach(), v_t.detach())
             momentum_update(self.memory_s, idx, vs, self.momentum)
             momentum_update(self.memory_t, idx, vt, self.momentum)

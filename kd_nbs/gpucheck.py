@@ -25,7 +25,7 @@ def _lm(s, t, n):
 def _hints(s, t, n):
     from kd_nbs.hints import Hints; return Hints.between(s, t)
 def _crd(s, t, n):
-    from kd_nbs.crd import CRD; return CRD.between(s, t, n)
+    from kd_nbs.crd import CRD; return CRD.between(s, t, n, labels=torch.arange(n) % NUM_CLASSES)
 def _dkd(s, t, n):
     from kd_nbs.dkd import DKD; return DKD()
 

@@ -12,7 +12,7 @@ CFG = dict(epochs=3, batch_size=40, seed=3)
 def _crd_run(data, out, cfg, interrupt_at=None):
     torch.manual_seed(0)
     student, teacher = VGG('vgg11', width=0.125), VGG('vgg13', width=0.125).eval()
-    method = CRD.between(student, teacher, len(data.train_y), feat_dim=16, n_negatives=32)
+    method = CRD.between(student, teacher, len(data.train_y), feat_dim=16, n_negatives=32, labels=data.train_y)
     if interrupt_at is not None:   # kill the run in the middle of an epoch
         calls, forward = {'n': 0}, method.forward
         def dying(*a):
