@@ -40,7 +40,10 @@ def nckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor
 class DKD(Method):
     "CE + ramp(epoch)·T²·(α·TCKD + β·NCKD)."
     needs_teacher = True
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0, warmup: int = 20):
+    def __init__(self, alpha: float = 1.0,        # weight of the target-class part (TCKD)
+                       beta: float = 8.0,         # weight of the non-target part (NCKD); the paper's CIFAR value
+                       T: float = 4.0,            # temperature
+                       warmup: int = 20):         # epochs over which the KD terms ramp in linearly
         super().__init__()
         if not T > 0: raise ValueError(f'T={T!r}: the temperature must be positive')
         if alpha < 0 or beta < 0: raise ValueError(f'alpha={alpha!r}, beta={beta!r}: must be non-negative')

@@ -256,8 +256,15 @@ class Stepper:
 
 # %% ../nbs/00c_engine.ipynb #4b44709a
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, device=None, amp: bool = False,
-            channels_last: bool = False, max_batches: int | None = None, static: bool = False) -> torch.Tensor:
+def predict(model: nn.Module,                 # any network returning logits; evaluated in eval mode, then restored
+            images: torch.Tensor,             # uint8 images [N, 3, 32, 32], on any device
+            batch_size: int = 500,            # images per forward
+            device=None,                      # where to run (None: the model's device)
+            amp: bool = False,                # bf16 autocast
+            channels_last: bool = False,      # memory format of the inputs
+            max_batches: int | None = None,   # stop after this many batches (smoke runs)
+            static: bool = False,             # pad the last batch to full size (fixed shapes)
+            ) -> torch.Tensor:
     """Logits (float32, on the CPU) of `model` for uint8 `images`, in batches of `batch_size`.
     `static` pads the last batch to full size, so every forward has the same shape (compiled or cuDNN-tuned models)."""
     was_training = model.training

@@ -17,7 +17,10 @@ __all__ = ['Hints']
 class Hints(Method):
     "CE + w·MSE(regressor(student block ℓ), teacher block ℓ)."
     needs_teacher = True
-    def __init__(self, s_channels: int, t_channels: int, layer: int = 2, weight: float = 100.0):
+    def __init__(self, s_channels: int,          # channels of the student's hinted block
+                       t_channels: int,          # channels of the teacher's block (the regressor's output)
+                       layer: int = 2,           # which block: 2 is the middle of five, FitNets' guided layer
+                       weight: float = 100.0):   # of the hint MSE beside cross-entropy (features are small numbers)
         super().__init__()
         if weight < 0: raise ValueError(f'weight={weight!r}: must be non-negative')
         self.layer, self.weight = layer, float(weight)

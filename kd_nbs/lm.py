@@ -27,7 +27,8 @@ def kd_loss(student_logits, teacher_logits, T: float = 4.0) -> torch.Tensor:
 class LogitMatching(Method):
     "α·CE + (1−α)·T²·KL(p_t^T ‖ p_s^T)."
     needs_teacher = True
-    def __init__(self, T: float = 4.0, alpha: float = 0.5):
+    def __init__(self, T: float = 4.0,            # temperature softening both distributions
+                       alpha: float = 0.5):       # weight of cross-entropy; 1 - alpha goes to the KD term
         super().__init__()
         if not T > 0: raise ValueError(f'T={T!r}: the temperature must be positive')
         if not 0 <= alpha <= 1: raise ValueError(f'alpha={alpha!r}: must lie in [0, 1]')

@@ -21,7 +21,7 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: floa
 
 class LabelSmoothing(Method):
     "Cross-entropy against smoothed labels."
-    def __init__(self, eps: float = 0.1):
+    def __init__(self, eps: float = 0.1):         # probability mass spread uniformly over the classes
         super().__init__()
         if not 0 <= eps < 1: raise ValueError(f'eps={eps!r}: must lie in [0, 1)')
         self.eps = float(eps)

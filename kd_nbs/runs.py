@@ -17,9 +17,9 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, CO
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHERS', 'TEACHER_ARCH', 'DISPLAY_NAMES', 'resolve_device',
            'resolve_preset', 'project_root', 'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run',
-           'run_params', 'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'load_teacher', 'load_data',
-           'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'display_name', 'summary_line',
-           'saved_models']
+           'run_params', 'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'reports_dir', 'find_teacher',
+           'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'display_name',
+           'summary_line', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -129,10 +129,20 @@ class Run:
         "The parameters to store with a result."
         return dict(preset=self.preset, role=self.role, width=self.width, **self.hparams, **more)
 
-def setup_run(role: str = 'student', preset: str = 'auto', epochs: int | None = None, lr: float | None = None,
-              batch_size: int | None = None, width: float | None = None, seed: int = 0, device: str | None = None,
-              data_dir: str | None = None, out_dir: str | None = None, schedule: str | None = None,
-              compile: str | None = None, amp: bool | None = None, **hparams) -> Run:
+def setup_run(role: str = 'student',             # teacher | student | finetune: which of the preset's epochs and lr
+              preset: str = 'auto',              # smoke | quick | paper | auto (paper on CUDA, quick elsewhere)
+              epochs: int | None = None,         # None: the preset's
+              lr: float | None = None,           # base learning rate of the cosine schedule (None: the preset's)
+              batch_size: int | None = None,     # None: the preset's (128; 64 for smoke)
+              width: float | None = None,        # channel multiplier of every VGG (None: the preset's)
+              seed: int = 0,                     # initialisation, shuffling, augmentation
+              device: str | None = None,         # cpu | cuda[:k] (None: CUDA when available)
+              data_dir: str | None = None,       # folder holding cifar-100-python/ (None: $KD_NBS_DATA or the cache)
+              out_dir: str | None = None,        # checkpoints and results (None: $KD_NBS_OUT or <project>/outputs)
+              schedule: str | None = None,       # cosine | step (None: the preset's)
+              compile: str | None = None,        # off | default | reduce-overhead (None: the fastest measured here)
+              amp: bool | None = None,           # bf16 autocast (None: on CUDA, and on CPUs where a probe finds it faster)
+              **hparams) -> Run:                 # the method's hyperparameters, recorded with the results
     "Validate a run notebook's parameters and fill in the rest from the preset."
     _need('role', role, role in ROLES, f'choose one of {ROLES}')
     device = resolve_device(device)
@@ -183,21 +193,42 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 TEACHER_ARCH = {'vgg16': 'vgg16', 'vgg19': 'vgg19', 'color_invariant': 'vgg16'}
 
+def reports_dir() -> Path:
+    "Where suite runs live: `$KD_NBS_REPORTS`, else `reports/` at the top of the project."
+    return Path(os.environ.get('KD_NBS_REPORTS') or (project_root() or Path.cwd())/'reports')
+
+def find_teacher(run: Run, teacher: str = 'vgg16') -> Path | None:
+    """The teacher's checkpoint: in `run.out_dir`, else in the newest finished suite run (`reports/*/seed*/`) of
+    the same preset and width, preferring the run's seed; None when there is none."""
+    path = best_checkpoint(run.out_dir, teacher_name(teacher))
+    if path.exists() or os.environ.get('KD_NBS_TEACHER_SEARCH') == '0': return path if path.exists() else None
+    found = []   # (the suite sets KD_NBS_TEACHER_SEARCH=0: its stages use their own seed folder's teachers only)
+    for p in reports_dir().glob(f'*/seed*/{path.name}'):
+        result = p.parent/f'{teacher_name(teacher)}_result.json'          # written when the training finished
+        try: r = json.loads(result.read_text())['params']['run']
+        except (OSError, ValueError, KeyError, TypeError): continue
+        if r.get('preset') == run.preset and float(r.get('width', -1)) == run.width:
+            found.append((p.parent.name == f'seed{run.cfg.seed}', p.stat().st_mtime, p))
+    return max(found)[2] if found else None
+
 def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
-    "The frozen teacher `teacher` from `run.out_dir`."
+    "The frozen teacher `teacher` from `run.out_dir`, else from the newest finished suite run of the same preset and width."
     name = teacher_name(teacher)
-    path = best_checkpoint(run.out_dir, name)
-    if not path.exists():
+    path = find_teacher(run, teacher)
+    if path is None:
+        path = best_checkpoint(run.out_dir, name)
         nb, extra = TEACHERS[teacher][1:]
         raise FileNotFoundError(
-            f'No {teacher} teacher at {path}. Train it first: papermill nbs/{nb} {name}.ipynb {extra} '
+            f'No {teacher} teacher at {path}, nor in a finished suite run of the {run.preset} preset at width {run.width} '
+            f'under {reports_dir()}. Train it first: papermill nbs/{nb} {name}.ipynb {extra} '
             f'-p preset {run.preset} -p out_dir {run.out_dir}'.replace('  ', ' '))
     model, ck = load_model(path, run.device, arch=TEACHER_ARCH[teacher])
     if verbose:
         acc, epoch = ck.get('best_acc'), ck.get('epoch', '?')
         preset = (ck.get('params') or {}).get('run', {}).get('preset', '?')
+        where = '' if path.parent == Path(run.out_dir) else f' (out_dir {run.out_dir} has none; this is the suite run\'s)'
         print(f'teacher {teacher}: {model.arch} width {model.width}, test accuracy '
-              f'{f"{acc:.2f}%" if acc is not None else "unknown"} after {epoch} epochs ({preset} preset), from {path}')
+              f'{f"{acc:.2f}%" if acc is not None else "unknown"} after {epoch} epochs ({preset} preset), from {path}{where}')
     return freeze(model)
 
 # %% ../nbs/00d_runs.ipynb #5a2c2cc7

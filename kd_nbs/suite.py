@@ -170,6 +170,7 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
     out_nb = out_dir/report_name(stage)
     tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
     _stamp(out_dir, stage).unlink(missing_ok=True)
+    os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
     try:
         pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress,
                             kernel_name='python3', cwd=str(out_dir))
@@ -182,6 +183,7 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
                  if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir))
         raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
                          f'and running the suite again resumes here.') from None
+    finally: os.environ.pop('KD_NBS_TEACHER_SEARCH', None)
     missing = [f for f in stage.outputs if not (out_dir/f).exists()]
     if missing:
         failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed)
