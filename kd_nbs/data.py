@@ -43,6 +43,7 @@ def find_data_root(data_dir: str | os.PathLike | None = None) -> Path:
 class CIFARFormatError(ValueError):
     "A CIFAR-100 file that exists but does not hold what it should."
 
+# %% ../nbs/00a_data.ipynb #d2586ce8
 class DatasetNotFoundError(FileNotFoundError):
     "CIFAR-100 is not in the data folder and could not be downloaded."
 
@@ -224,6 +225,7 @@ def _normalizer(device, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Te
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 _YIQ: dict = {}
+
 def _yiq(device) -> tuple[torch.Tensor, torch.Tensor]:
     "RGB→YIQ and back, on `device` (made once per device)."
     if str(device) not in _YIQ: _YIQ[str(device)] = (_RGB2YIQ.to(device), torch.linalg.inv(_RGB2YIQ).to(device))
@@ -254,6 +256,7 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     f = torch.einsum('bij,bjhw->bihw', M, f).clamp(0, 1)
     return (f * 255).round().to(torch.uint8)
 
+# %% ../nbs/00a_data.ipynb #7cf78df4
 def jitter_images(x: torch.Tensor, seed: int = 0, batch_size: int = 2000, **strengths) -> torch.Tensor:
     "One seeded colour-jittered copy of the uint8 images `x`: the same images for every call with `seed`."
     g = torch.Generator().manual_seed(seed)

@@ -97,6 +97,7 @@ def lr_factor(cfg: TrainConfig, epoch: float) -> float:
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be read or does not fit the model it is loaded into."
 
+# %% ../nbs/00c_engine.ipynb #99765edc
 def _replace_atomically(path: str | os.PathLike, write) -> Path:
     "`write(tmp)` to a temporary file beside `path`, then rename it over `path`; no temporary file survives."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +112,12 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     "`torch.save` `obj` to `path` atomically."
     return _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
+# %% ../nbs/00c_engine.ipynb #e313eb65
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     "Write `text` to `path` atomically."
     return _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
+# %% ../nbs/00c_engine.ipynb #61423c99
 def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
     "Read a kd-nbs checkpoint safely (`weights_only=True`), with errors that name the file."
     path = Path(path)
@@ -127,6 +130,7 @@ def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
         raise CheckpointError(f"{path}: not a kd-nbs checkpoint (no 'model' entry)")
     return ck
 
+# %% ../nbs/00c_engine.ipynb #9a0fa2cb
 def load_state(module: nn.Module, state: dict, path, what: str = 'model') -> None:
     "`load_state_dict`, strict, with an error naming the file and the mismatch."
     try: module.load_state_dict(state)
@@ -134,6 +138,7 @@ def load_state(module: nn.Module, state: dict, path, what: str = 'model') -> Non
         raise CheckpointError(f'{path}: its {what} weights do not fit this {type(module).__name__}: '
                               + ' '.join(str(e).split())[:600]) from None
 
+# %% ../nbs/00c_engine.ipynb #9cf23628
 def load_model(path: str | os.PathLike, device='cpu', arch: str | None = None) -> tuple[VGG, dict]:
     """The VGG saved in a checkpoint (architecture and width from its `model_config`), and the checkpoint.
     `arch`, when given, is what the caller expects; anything a checkpoint says that does not fit is an error naming it."""
@@ -300,6 +305,7 @@ def _params_diff(a: dict, b: dict) -> list[str]:
 class DivergedError(RuntimeError):
     "The training loss became NaN or infinite."
 
+# %% ../nbs/00c_engine.ipynb #0221abfb
 @dataclass
 class TrainState:
     "Where a run stands between epochs: finished epochs, their metrics, the best test accuracy, training time."

@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from .data import CIFAR100, load_cifar100
 from .models import VGG
+from .stages import teacher_name, student_name, display_name, teacher_command   # names come from the stage table
 from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, COMPILE_MODES, Trainable,
                            CrossEntropy, train_step, write_text_atomic)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHERS', 'TEACHER_ARCH', 'DISPLAY_NAMES', 'resolve_device',
-           'resolve_preset', 'project_root', 'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run',
-           'run_params', 'teacher_name', 'student_name', 'best_checkpoint', 'freeze', 'reports_dir', 'find_teacher',
-           'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'display_name',
-           'summary_line', 'saved_models']
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'TEACHER_ARCH', 'resolve_device', 'resolve_preset', 'project_root',
+           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'run_params', 'best_checkpoint',
+           'freeze', 'reports_dir', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result',
+           'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -171,19 +171,6 @@ def run_params(ns: dict) -> dict:
     return {k: ns[k] for k in RUN_PARAMS if k in ns}
 
 # %% ../nbs/00d_runs.ipynb #9f64920d
-TEACHERS = {'vgg16': ('teacher_vgg16_cifar100', '01_teacher.ipynb', '-p arch vgg16'),
-            'vgg19': ('teacher_vgg19_cifar100', '01_teacher.ipynb', '-p arch vgg19'),
-            'color_invariant': ('teacher_color_invariant', '09_color.ipynb', '')}
-
-def teacher_name(teacher: str) -> str:
-    if teacher not in TEACHERS: raise ValueError(f'teacher={teacher!r}; choose one of {sorted(TEACHERS)}')
-    return TEACHERS[teacher][0]
-
-def student_name(method: str, teacher: str | None = 'vgg16') -> str:
-    "`student_lm`; `student_lm_from_vgg19`; `student_crd_color_invariant`."
-    if teacher in (None, 'vgg16'): return f'student_{method}'
-    return f'student_{method}_color_invariant' if teacher == 'color_invariant' else f'student_{method}_from_{teacher}'
-
 def best_checkpoint(out_dir, name: str) -> Path: return Path(out_dir)/f'best_{name}.pth'
 
 # %% ../nbs/00d_runs.ipynb #c8380593
@@ -191,12 +178,14 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     "Eval mode and no gradients: a teacher's forward then costs no gradient memory."
     return model.eval().requires_grad_(False)
 
+# %% ../nbs/00d_runs.ipynb #d04c55fb
 TEACHER_ARCH = {'vgg16': 'vgg16', 'vgg19': 'vgg19', 'color_invariant': 'vgg16'}
 
 def reports_dir() -> Path:
     "Where suite runs live: `$KD_NBS_REPORTS`, else `reports/` at the top of the project."
     return Path(os.environ.get('KD_NBS_REPORTS') or (project_root() or Path.cwd())/'reports')
 
+# %% ../nbs/00d_runs.ipynb #82920748
 def find_teacher(run: Run, teacher: str = 'vgg16') -> Path | None:
     """The teacher's checkpoint: in `run.out_dir`, else in the newest finished suite run (`reports/*/seed*/`) of
     the same preset and width, preferring the run's seed; None when there is none."""
@@ -211,16 +200,17 @@ def find_teacher(run: Run, teacher: str = 'vgg16') -> Path | None:
             found.append((p.parent.name == f'seed{run.cfg.seed}', p.stat().st_mtime, p))
     return max(found)[2] if found else None
 
+# %% ../nbs/00d_runs.ipynb #6b07ad9f
 def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
     "The frozen teacher `teacher` from `run.out_dir`, else from the newest finished suite run of the same preset and width."
     name = teacher_name(teacher)
     path = find_teacher(run, teacher)
     if path is None:
         path = best_checkpoint(run.out_dir, name)
-        nb, extra = TEACHERS[teacher][1:]
+        nb, *extra = teacher_command(teacher).split(' ', 1)
         raise FileNotFoundError(
             f'No {teacher} teacher at {path}, nor in a finished suite run of the {run.preset} preset at width {run.width} '
-            f'under {reports_dir()}. Train it first: papermill nbs/{nb} {name}.ipynb {extra} '
+            f'under {reports_dir()}. Train it first: papermill {nb} {name}.ipynb {" ".join(extra)} '
             f'-p preset {run.preset} -p out_dir {run.out_dir}'.replace('  ', ' '))
     model, ck = load_model(path, run.device, arch=TEACHER_ARCH[teacher])
     if verbose:
@@ -235,21 +225,25 @@ def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
 def load_data(run: Run) -> CIFAR100:
     return load_cifar100(run.data_dir, device=run.device)
 
+# %% ../nbs/00d_runs.ipynb #f23cbede
 def new_model(run: Run, arch: str = 'vgg11') -> VGG:
     torch.manual_seed(run.cfg.seed)
     return VGG(arch, width=run.width)
 
+# %% ../nbs/00d_runs.ipynb #5a6ed7e7
 def train(run: Run, model: VGG, method: Method, name: str, data: CIFAR100, teacher: VGG | None = None,
           cfg: TrainConfig | None = None, record: dict | None = None, **kw) -> dict:
     "Train `model` with `method` for `run` (or an adjusted `cfg`); returns the engine's result dict."
     params = run.record(method=type(method).__name__, arch=model.arch, **(record or {}))
     return fit(model, method, data, cfg or run.cfg, run.out_dir, name, teacher=teacher, params=params, **kw)
 
+# %% ../nbs/00d_runs.ipynb #bd77726c
 def read_result(out_dir, name: str) -> dict | None:
     "A finished run's result, or None when it has not run."
     p = Path(out_dir)/f'{name}_result.json'
     return json.loads(p.read_text()) if p.exists() else None
 
+# %% ../nbs/00d_runs.ipynb #49e902e1
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, run: Run) -> tuple[torch.Tensor, float]:
     "Logits on (the preset's share of) `images`, and the accuracy."
     n = run.eval_limit or len(images)
@@ -273,23 +267,19 @@ def plot_history(*results: dict, title: str = ''):
     fig.tight_layout()
     return fig
 
-DISPLAY_NAMES = {'teacher_vgg16_cifar100': 'Teacher VGG-16', 'teacher_vgg19_cifar100': 'Teacher VGG-19',
-                 'teacher_color_invariant': 'Teacher VGG-16 (colour-invariant)'}
-
-def display_name(name: str) -> str:
-    "`student_lm_from_vgg19` → `LM (from VGG-19)`, `teacher_vgg16_cifar100` → `Teacher VGG-16`."
-    if name in DISPLAY_NAMES: return DISPLAY_NAMES[name]
-    base, label = name.removeprefix('student_'), ''
-    for suffix, text in (('_color_invariant', ' (colour-inv. teacher)'), ('_from_vgg19', ' (from VGG-19)')):
-        if base.endswith(suffix): base, label = base.removesuffix(suffix), text
-    return ('Hints' if base == 'hints' else base.upper()) + label
-
 def summary_line(result: dict, baseline: dict | None = None) -> str:
     "`student_lm: 47.3% test accuracy (best of 4 epochs, 2.4 min); SI 43.8% (+3.5)`."
     s = (f'{result["name"]}: {result["best_acc"]:.2f}% test accuracy (best of {result["epochs"]} epochs, '
          f'{result["wall_s"] / 60:.1f} min)')
     if baseline: s += f'; {baseline["name"]} {baseline["best_acc"]:.2f}% ({result["best_acc"] - baseline["best_acc"]:+.2f})'
     return s
+
+def show_result(run: Run, result: dict, baseline: str | None = 'student_si'):
+    "The closing cell of a run notebook: training curves beside the baseline's (SI), and the summary line."
+    base = read_result(run.out_dir, baseline) if baseline and baseline != result['name'] else None
+    fig = plot_history(result, *[base] if base else [], title=result['name'])
+    print(summary_line(result, base))
+    return fig
 
 # %% ../nbs/00d_runs.ipynb #9d538ae3
 def saved_models(out_dir, prefix: str = '') -> dict[str, Path]:

@@ -4,12 +4,13 @@
 
 # %% ../nbs/91_site.ipynb #9d173ceb
 from __future__ import annotations
-import json, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd
+from .stages import STAGES
 
 # %% auto #0
-__all__ = ['HEADLINES', 'FIGURE', 'home_page', 'build_site']
+__all__ = ['HEADLINES', 'FIGURE', 'home_page', 'reader_notebook', 'build_site']
 
 # %% ../nbs/91_site.ipynb #66e3957f
 HEADLINES = [('accuracy', 'Accuracy of every model', 'Best test accuracy (%), training epochs and minutes on this machine.'),
@@ -31,8 +32,31 @@ def home_page(summary: dict, notebooks: list[Path], has_figure: bool) -> str:
     if has_figure:
         lines += ['## Where the models look', '', 'Grad-CAM of the teacher and the SI, LM, Hints and CRD students '
                   '(title green when the prediction is right, red when wrong).', '', f'![Grad-CAM comparison]({FIGURE})', '']
-    lines += ['## The notebooks', ''] + [f'- [{nb.stem}](notebooks/{nb.name})' for nb in notebooks]
+    titles = {s.report: s.title for s in STAGES}
+    lines += ['## The notebooks', ''] + [f'- [{titles.get(nb.name, nb.stem)}](notebooks/{nb.name})' for nb in notebooks]
     return '\n'.join(lines) + '\n'
+
+# %% ../nbs/91_site.ipynb #fbe3f248
+_SCAFFOLD = re.compile(r'^\s*(from fastcore\.test import .*|import tempfile.*|import sys, tempfile.*)\s*$')
+
+def reader_notebook(nb: dict, title: str | None = None) -> dict:
+    """An executed notebook as a reader should see it: nbdev directives, `#| hide` cells, test-only imports and
+    warnings on stderr removed; prose, equations, code, checks and every other output kept; `title` as its heading."""
+    cells = []
+    for c in nb['cells']:
+        src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+        if c['cell_type'] == 'code':
+            lines = src.splitlines()
+            if any(l.strip() in ('#| hide', '#|hide') for l in lines) or any(l.startswith('#| default_exp') for l in lines): continue
+            lines = [l for l in lines if not l.lstrip().startswith('#|') and not _SCAFFOLD.match(l)]
+            if not any(l.strip() for l in lines): continue
+            c = {**c, 'source': '\n'.join(lines),
+                 'outputs': [o for o in c.get('outputs', []) if not (o.get('name') == 'stderr' and 'Warning' in ''.join(o.get('text', '')))]}
+        elif title and not cells and src.lstrip().startswith('# '):
+            first, _, rest = src.lstrip().partition('\n')
+            c = {**c, 'source': f'# {title}\n' + rest}
+        cells.append(c)
+    return {**nb, 'cells': cells}
 
 # %% ../nbs/91_site.ipynb #1d07e45a
 def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
@@ -48,15 +72,21 @@ def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)
     (book/'notebooks').mkdir(parents=True)
+    titles = {s.report: s.title for s in STAGES}
     notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'))
-    for nb in notebooks: shutil.copy(nb, book/'notebooks'/nb.name)
+    for nb in notebooks:            # the reader's copy: each with its stage's title, without the scaffolding
+        (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), titles.get(nb.name))))
     has_figure = (seed_dir/FIGURE).exists()
     if has_figure: shutil.copy(seed_dir/FIGURE, book/FIGURE)
     (book/'index.md').write_text(home_page(summary, notebooks, has_figure))
     (book/'_config.yml').write_text(
         f'title: "kd-nbs: {summary["config"]["name"]}"\nauthor: kd-nbs\nonly_build_toc_files: true\n'
         'execute:\n  execute_notebooks: "off"\nhtml:\n  use_repository_button: false\n'
-        'sphinx:\n  config:\n    suppress_warnings: ["mystnb.unknown_mime_type", "misc.highlighting_failure"]\n')
+        'sphinx:\n  config:\n    suppress_warnings: ["mystnb.unknown_mime_type", "misc.highlighting_failure"]\n'
+        '    html_static_path: ["_static"]\n    html_css_files: ["wrap.css"]\n')
+    (book/'_static').mkdir(exist_ok=True)     # long code lines wrap instead of running off the page
+    (book/'_static'/'wrap.css').write_text('div.cell_input pre, div.highlight pre, div.cell_output pre '
+                                           '{ white-space: pre-wrap; word-break: break-word; }\n')
     toc = 'format: jb-book\nroot: index\nchapters:\n' + ''.join(f'- file: notebooks/{nb.stem}\n' for nb in notebooks)
     (book/'_toc.yml').write_text(toc)
     exe = Path(sys.executable).parent/'jupyter-book'

@@ -10,46 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, display_name, setup_run, RUN_PARAMS
+from .runs import project_root, setup_run, RUN_PARAMS
+from .stages import Stage, STAGES, display_name, stage
 from .engine import write_text_atomic
 
 # %% auto #0
-__all__ = ['STUDENTS', 'STAGES', 'SHARED', 'TABLES', 'SORT_BY', 'Stage', 'report_name', 'stage_files', 'parse_overrides',
-           'stage_params', 'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError',
-           'run_lock', 'check_overrides', 'check_values', 'run_stage', 'accuracy_table', 'collect', 'mean_std',
-           'summarize', 'write_summary', 'plan', 'refuse_or_archive', 'run_suite']
+__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
+           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
+           'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
+           'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
-@dataclass(frozen=True)
-class Stage:
-    "One notebook run: its parameters and the files that show it finished."
-    name: str
-    notebook: str
-    outputs: tuple[str, ...]
-    params: dict = field(default_factory=dict, hash=False)
-
-STUDENTS = ('si', 'lm', 'hints', 'crd', 'ls', 'dkd')
-STAGES = (
-    Stage('teacher_vgg16', '01_teacher.ipynb', ('best_teacher_vgg16_cifar100.pth',), {'arch': 'vgg16'}),
-    Stage('teacher_vgg19', '01_teacher.ipynb', ('best_teacher_vgg19_cifar100.pth',), {'arch': 'vgg19'}),
-    Stage('si', '02_si.ipynb', ('best_student_si.pth',)),
-    Stage('lm', '03_lm.ipynb', ('best_student_lm.pth',)),
-    Stage('hints', '04_hints.ipynb', ('best_student_hints.pth',)),
-    Stage('crd', '05_crd.ipynb', ('best_student_crd.pth',)),
-    Stage('ls', '06_ls.ipynb', ('best_student_ls.pth',)),
-    Stage('dkd', '07_dkd.ipynb', ('best_student_dkd.pth',)),
-    Stage('capacity', '10_capacity.ipynb', ('best_student_lm_from_vgg19.pth', 'capacity.csv')),
-    Stage('color', '09_color.ipynb', ('best_teacher_color_invariant.pth', 'best_student_crd_color_invariant.pth', 'color.csv')),
-    Stage('kl', '08_kl.ipynb', ('kl.csv',)),
-    Stage('gradcam', '11_gradcam.ipynb', ('distillation_grad_cam_comparison.png', 'cam_similarity.csv')),
-)
-SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')
+SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
 
 # %% ../nbs/90_suite.ipynb #c06531e5
-def report_name(stage: Stage) -> str:
-    "The executed notebook's file name: `03_lm.ipynb`, `01_teacher_vgg19.ipynb`."
-    return f'{Path(stage.notebook).stem}{"_" + stage.params["arch"] if "arch" in stage.params else ""}.ipynb'
-
 def stage_files(stage: Stage) -> list[str]:
     "Every file a stage writes: its outputs, each checkpoint's `last_`, metrics and result files, the executed notebook."
     files = list(stage.outputs)
@@ -57,7 +31,7 @@ def stage_files(stage: Stage) -> list[str]:
         if f.startswith('best_') and f.endswith('.pth'):
             n = f.removeprefix('best_').removesuffix('.pth')
             files += [f'last_{n}.pth', f'{n}_metrics.jsonl', f'{n}_result.json']
-    return files + [report_name(stage)]
+    return files + [stage.report]
 
 # %% ../nbs/90_suite.ipynb #9136684a
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -99,6 +73,7 @@ def is_done(stage: Stage, params: dict, out_dir: Path) -> bool:
     return (s.exists() and json.loads(s.read_text()).get('params') == params
             and all((out_dir/f).exists() for f in stage.outputs))
 
+# %% ../nbs/90_suite.ipynb #34724e98
 def changed_params(stage: Stage, params: dict, out_dir: Path) -> str | None:
     "How `params` differ from those a finished `stage` in `out_dir` ran with, or None (not finished, or the same)."
     s = _stamp(out_dir, stage)
@@ -108,6 +83,7 @@ def changed_params(stage: Stage, params: dict, out_dir: Path) -> str | None:
             if old.get(k) != params.get(k)]
     return '; '.join(diff) or None
 
+# %% ../nbs/90_suite.ipynb #36e1be35
 def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
     "Move everything `stage` wrote in `out_dir` into `out_dir/archive/<time>_<stage>/`; returns that folder."
     present = [f for f in stage_files(stage) if (out_dir/f).exists()]
@@ -118,6 +94,7 @@ def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
     for f in present: shutil.move(str(out_dir/f), str(dest/f))
     return dest
 
+# %% ../nbs/90_suite.ipynb #a98fb725
 class SuiteError(RuntimeError): "A suite that cannot start or a stage that failed."
 
 # %% ../nbs/90_suite.ipynb #b85b02f8
@@ -167,7 +144,7 @@ def _why(e: BaseException, out_dir: Path) -> str:
 def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
     "Execute one stage with papermill; returns the executed notebook's path."
     import papermill as pm
-    out_nb = out_dir/report_name(stage)
+    out_nb = out_dir/stage.report
     tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
     _stamp(out_dir, stage).unlink(missing_ok=True)
     os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
@@ -272,6 +249,7 @@ def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Pat
     check_values({f'{s.name} (seed {seed})': p for seed, s, p, _ in jobs})
     return jobs
 
+# %% ../nbs/90_suite.ipynb #76970812
 def refuse_or_archive(jobs: list[tuple], rerun_changed: bool) -> None:
     "Finished stages asked to run with other parameters: refused, naming old and new values, or archived."
     changed = [(s, d, diff) for _, s, p, d in jobs if (diff := changed_params(s, p, d))]
@@ -283,6 +261,7 @@ def refuse_or_archive(jobs: list[tuple], rerun_changed: bool) -> None:
                          'seed<k>/archive/ and run them again, add --rerun-changed.')
     for s, d, _ in changed: print(f'{d.name}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
 
+# %% ../nbs/90_suite.ipynb #6b0f8115
 def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
               preset: str = 'quick',                # smoke | quick | paper | auto
               seeds=(0,),                           # one seed folder each; tables show mean ± std over them

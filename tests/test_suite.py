@@ -4,14 +4,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
-from kd_nbs.suite import run_suite, SuiteError, STAGES, parse_overrides
+from kd_nbs.suite import run_suite, SuiteError, parse_overrides
+from kd_nbs.stages import STAGES, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_FILES = ['best_teacher_vgg16_cifar100.pth', 'best_teacher_vgg19_cifar100.pth', 'best_teacher_color_invariant.pth',
-              'best_student_si.pth', 'best_student_lm.pth', 'best_student_ls.pth', 'best_student_dkd.pth',
-              'best_student_hints.pth', 'best_student_crd.pth', 'best_student_crd_color_invariant.pth',
-              'best_student_lm_from_vgg19.pth', 'distillation_grad_cam_comparison.png']
-STUDENTS = ['SI', 'LM', 'LS', 'DKD', 'Hints', 'CRD', 'LM (from VGG-19)', 'CRD (colour-inv. teacher)']
+# derived from the stage table, as the suite and the site derive theirs
+SEED_FILES = [f for s in STAGES for f in s.outputs]
+STUDENTS = [m.label for m in MODELS.values() if m.name.startswith('student_')]
+TEACHERS = [m.label for m in MODELS.values() if m.name.startswith('teacher_')]
 
 
 @pytest.fixture(scope='module')
@@ -34,8 +34,8 @@ def test_every_table_has_its_rows(smoke_run):
     s = json.loads((smoke_run/'summary.json').read_text())
     t = {k: pd.DataFrame(v) for k, v in s['tables'].items()}
     assert set(t) == {'accuracy', 'kl', 'color', 'capacity', 'cam_similarity'}
-    assert len(t['accuracy']) == 11 and set(STUDENTS) <= set(t['accuracy'].label)          # 3 teachers, 8 students
-    assert set(t['kl'].label) == set(STUDENTS) and len(t['color']) == 11
+    assert sorted(t['accuracy'].label) == sorted(STUDENTS + TEACHERS)                          # 3 teachers, 8 students
+    assert set(t['kl'].label) == set(STUDENTS) and len(t['color']) == len(MODELS)
     assert list(t['capacity'].teacher) == ['vgg16', 'vgg19']
     assert set(t['cam_similarity'].label) == {'SI', 'LM', 'Hints', 'CRD'}
     assert all('±' in v for v in t['accuracy'].accuracy)                                     # two seeds: mean ± std
@@ -100,3 +100,9 @@ def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
     assert any('11_gradcam' in h for h in links) and any('05_crd' in h for h in links)
     broken = [h for h in links if not (index.parent/unquote(h)).exists()]
     assert broken == []
+    pages = {p.name: p.read_text() for p in (index.parent/'notebooks').glob('*.html')}
+    assert len(pages) == len(STAGES)
+    assert [n for n, t in pages.items() if '#|' in t or 'TqdmWarning' in t or 'fastcore.test' in t] == []   # no scaffolding
+    titles = {n: re.search(r'<title>(.*?)</title>', t).group(1) for n, t in pages.items()}
+    assert 'Teacher VGG-19' in titles['01_teacher_vgg19.html'] and 'Teacher VGG-16' in titles['01_teacher_vgg16.html']
+    assert len({t for t in titles.values()}) == len(titles)                                         # all distinct
