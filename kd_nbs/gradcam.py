@@ -14,12 +14,19 @@ from .data import normalize
 __all__ = ['grad_cams', 'map_correlation', 'cam_figure']
 
 # %% ../nbs/11_gradcam.ipynb #d3cd7322
-def grad_cams(model: torch.nn.Module, images: torch.Tensor, classes, batch_size: int = 256) -> np.ndarray:
-    "Grad-CAM maps [N, 32, 32] in [0, 1] of `model`'s last conv block for uint8 `images` and target `classes`."
+def grad_cams(model: torch.nn.Module,   # a VGG (its `blocks` are the candidate layers)
+              images: torch.Tensor,      # uint8 images [N, 3, 32, 32]
+              classes,                   # the target class of each image
+              batch_size: int = 256,
+              layer: int = -1,           # conv block whose maps are weighted: -1 the last (4x4), 2 the 8x8 one
+              ) -> np.ndarray:
+    "Grad-CAM maps [N, 32, 32] in [0, 1] of conv block `layer` of `model` for uint8 `images` and target `classes`."
+    if not -len(model.blocks) <= layer < len(model.blocks):
+        raise ValueError(f'layer={layer!r}: choose a conv block in {-len(model.blocks)}..{len(model.blocks) - 1}')
     model.eval()
     dev = next(model.parameters()).device
     out = []
-    with GradCAM(model=model, target_layers=[model.last_conv_block]) as cam:
+    with GradCAM(model=model, target_layers=[model.blocks[layer]]) as cam:
         for i in range(0, len(images), batch_size):
             x = normalize(images[i:i + batch_size].to(dev))
             out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(k)) for k in classes[i:i + batch_size]]))
