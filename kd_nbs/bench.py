@@ -65,7 +65,7 @@ def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, de
     (d) the anchors' whole loop (DataLoader + PIL feeding the anchors' step), for one model configuration."""
     cfg = TrainConfig(batch_size=batch_size, device=device, **speed_choices(device, width, batch_size, compile=compile,
                                                                               drop_last=True))
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = cfg.memory_format
     student, method, teacher = _pair(width, kd)
     model = Trainable(student.to(device, memory_format=fmt), method.to(device)).train()
     step = Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), cfg.amp, compile)

@@ -21,8 +21,8 @@ from .models import VGG, VGGOutput
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
            'write_text_atomic', 'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable',
            'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'predict', 'accuracy',
-           'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch', 'train_epoch',
-           'evaluate_epoch', 'fit', 'grads_finite_bf16']
+           'params_diff', 'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch',
+           'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00c_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -81,9 +81,16 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad: raise ValueError('invalid training parameters: ' + ', '.join(f'{k}={getattr(self, k)!r}' for k in bad)
                                  + ('' if 'compile' not in bad else f' (compile: one of {COMPILE_MODES})'))
-        if self.compile == 'reduce-overhead' and not str(self.device).startswith('cuda'):
+        if self.compile == 'reduce-overhead' and not self.cuda:
             raise ValueError(f"compile='reduce-overhead' records CUDA graphs and needs a CUDA device, not "
                              f"device={self.device!r}; use compile='default' or 'off' on the CPU")
+
+    @property
+    def cuda(self) -> bool: return str(self.device).startswith('cuda')
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 # %% ../nbs/00c_engine.ipynb #bf927a6f
 def lr_factor(cfg: TrainConfig, epoch: float) -> float:
@@ -198,7 +205,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
 def prepare_teacher(teacher: nn.Module | None, cfg: TrainConfig) -> nn.Module | None:
     "The teacher as `fit` runs it: BatchNorm folded, frozen, on `cfg.device` in its memory format (bf16 under amp)."
     if teacher is None: return None
-    t = fold_bn(teacher).to(cfg.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    t = fold_bn(teacher).to(cfg.device, memory_format=cfg.memory_format)
     return t.to(torch.bfloat16) if cfg.amp else t
 
 # %% ../nbs/00c_engine.ipynb #8d23b121
@@ -225,7 +232,7 @@ def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Opt
 # %% ../nbs/00c_engine.ipynb #f53b9252
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
     "SGD with the run's momentum and weight decay: fused kernels on CUDA, `foreach` elsewhere."
-    fast = dict(fused=True) if str(cfg.device).startswith('cuda') else dict(foreach=True)
+    fast = dict(fused=True) if cfg.cuda else dict(foreach=True)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, **fast)
 
@@ -235,18 +242,20 @@ class Stepper:
                  mode: str = 'off'):
         if mode not in COMPILE_MODES: raise ValueError(f'compile={mode!r}: choose one of {COMPILE_MODES}')
         self.eager, self.opt, self.amp, self.mode = (model, teacher), opt, amp, mode
-        self.model, self.teacher, self.compiled = model, teacher, False
+        self.model, self.teacher = model, teacher
         if mode != 'off':
             kw = {} if mode == 'default' else dict(mode=mode)
             self.model = torch.compile(model, **kw)
             self.teacher = torch.compile(teacher, **kw) if teacher is not None else None
-            self.compiled = True
         self.steps = 0
+
+    @property
+    def compiled(self) -> bool: return self.mode != 'off'
 
     def fall_back(self, err: Exception) -> None:
         msg = (str(err).strip().splitlines() or [''])[0][:200]
         warnings.warn(f'torch.compile failed ({type(err).__name__}: {msg}); training eagerly instead', stacklevel=3)
-        self.model, self.teacher = self.eager; self.compiled, self.mode = False, 'off'
+        self.model, self.teacher = self.eager; self.mode = 'off'
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         if self.mode == 'reduce-overhead': torch.compiler.cudagraph_mark_step_begin()
@@ -299,8 +308,13 @@ def _plain(obj):
     "Parameters as plain values (lists, not tuples), as they come back from a checkpoint."
     return json.loads(json.dumps(obj, default=str))
 
-def _params_diff(a: dict, b: dict) -> list[str]:
+def params_diff(a: dict, b: dict) -> list[str]:
+    "`key: old then, new now` for each parameter that differs."
     return [f'{k}: {a.get(k)!r} then, {b.get(k)!r} now' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+def _write_metrics(history: list, path: Path) -> None:
+    "The metrics file: one JSON line per finished epoch."
+    write_text_atomic(''.join(json.dumps(r) + '\n' for r in history), path)
 
 class DivergedError(RuntimeError):
     "The training loss became NaN or infinite."
@@ -338,14 +352,14 @@ def resume(files: dict[str, Path], student: nn.Module, method: Method, opt: torc
     for tmp in last.parent.glob(f'.{last.name}.*.tmp'): tmp.unlink(missing_ok=True)   # left by a kill mid-save
     if not last.exists(): return TrainState()
     ck = load_checkpoint(last, map_location=device)
-    diff = _params_diff(ck.get('params', {}), record)
+    diff = params_diff(ck.get('params', {}), record)
     if diff: raise CheckpointError(f'{last} was written by a run with other parameters ({"; ".join(diff)}). '
                                    'Use another out_dir, or move the old files away to start over.')
     load_state(student, ck['model'], last); load_state(method, ck['method'], last, 'method')
     opt.load_state_dict(ck['optimizer'])
     st = TrainState(ck['epoch'], ck['history'], ck['best_acc'], ck['wall_s'])
     if len(_read_metrics(files['metrics'])) != len(st.history):     # killed between the checkpoint and the metrics
-        write_text_atomic(''.join(json.dumps(r) + '\n' for r in st.history), files['metrics'])
+        _write_metrics(st.history, files['metrics'])
     return st
 
 def _read_metrics(path: Path) -> list:
@@ -361,7 +375,7 @@ def steps_per_epoch(n_train: int, cfg: TrainConfig, world: int = 1) -> int:
 def train_epoch(step: Stepper, data: CIFAR100, cfg: TrainConfig, epoch: int, desc: str = '', rank: int = 0,
                 world: int = 1, progress: bool = True, log_every: int = 20, method: Method | None = None) -> dict:
     "One pass over the (shuffled, augmented) training set; the mean of each loss and the training accuracy."
-    dev, fmt = torch.device(cfg.device), torch.channels_last if cfg.channels_last else torch.contiguous_format
+    dev = torch.device(cfg.device)
     g = torch.Generator(dev).manual_seed(_epoch_seed(cfg.seed, epoch))   # on the data's device: no host copies
     torch.manual_seed(_epoch_seed(cfg.seed, epoch))   # for methods that sample (CRD's negatives)
     if method is not None: method.on_epoch_start(epoch, cfg.epochs)
@@ -374,8 +388,7 @@ def train_epoch(step: Stepper, data: CIFAR100, cfg: TrainConfig, epoch: int, des
     for i, idx in enumerate(bar):
         if i >= steps: break
         for group in step.opt.param_groups: group['lr'] = cfg.lr * lr_factor(cfg, epoch + i / steps)
-        idx = idx.to(dev)
-        x, y = normalize(augment(data.train_x[idx], g), memory_format=fmt), data.train_y[idx]
+        x, y = normalize(augment(data.train_x[idx], g), memory_format=cfg.memory_format), data.train_y[idx]
         s_out, losses, loss = step(x, y, idx)
         step_loss[i] = loss.detach()
         for k, v in losses.items(): sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
@@ -416,10 +429,9 @@ def fit(student: VGG,                     # the network to train (its weights ar
     "Train `student` with `method` (and a frozen `teacher`), evaluating each epoch; returns the result dict."
     files, rank, world = run_files(out_dir, name), *init_distributed()
     if method.needs_teacher and teacher is None: raise ValueError(f'{type(method).__name__} needs a teacher')
-    if str(cfg.device).startswith('cuda'): torch.backends.cudnn.benchmark = True   # shapes are fixed: tune once
+    if cfg.cuda: torch.backends.cudnn.benchmark = True   # shapes are fixed: tune once
     record = _plain({'train': asdict(cfg), 'run': params or {}, 'name': name, 'world_size': world})
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    student.to(cfg.device, memory_format=fmt); method.to(cfg.device)
+    student.to(cfg.device, memory_format=cfg.memory_format); method.to(cfg.device)
     trainable = Trainable(student, method)
     opt = make_optimizer(trainable.parameters(), cfg)
     st = resume(files, student, method, opt, record, cfg.device) if resume_run else TrainState()
@@ -439,7 +451,7 @@ def fit(student: VGG,                     # the network to train (its weights ar
             state = checkpoint_state(name, record, student, method, opt, st)
             if improved: save_atomic(state, files['best'])
             save_atomic(state, files['last'])
-            write_text_atomic(''.join(json.dumps(r) + '\n' for r in st.history), files['metrics'])
+            _write_metrics(st.history, files['metrics'])
             if progress: print(f'{name} epoch {epoch + 1}/{cfg.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' for k, v in st.history[-1].items() if k != 'epoch'), flush=True)
         if world > 1: dist.barrier()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, re, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd
-from .stages import STAGES
+from .stages import REPORT_TITLES
 
 # %% auto #0
 __all__ = ['HEADLINES', 'FIGURE', 'home_page', 'reader_notebook', 'build_site']
@@ -32,8 +32,7 @@ def home_page(summary: dict, notebooks: list[Path], has_figure: bool) -> str:
     if has_figure:
         lines += ['## Where the models look', '', 'Grad-CAM of the teacher and the SI, LM, Hints and CRD students '
                   '(title green when the prediction is right, red when wrong).', '', f'![Grad-CAM comparison]({FIGURE})', '']
-    titles = {s.report: s.title for s in STAGES}
-    lines += ['## The notebooks', ''] + [f'- [{titles.get(nb.name, nb.stem)}](notebooks/{nb.name})' for nb in notebooks]
+    lines += ['## The notebooks', ''] + [f'- [{REPORT_TITLES.get(nb.name, nb.stem)}](notebooks/{nb.name})' for nb in notebooks]
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/91_site.ipynb #fbe3f248
@@ -72,10 +71,9 @@ def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)
     (book/'notebooks').mkdir(parents=True)
-    titles = {s.report: s.title for s in STAGES}
     notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'))
     for nb in notebooks:            # the reader's copy: each with its stage's title, without the scaffolding
-        (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), titles.get(nb.name))))
+        (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), REPORT_TITLES.get(nb.name))))
     has_figure = (seed_dir/FIGURE).exists()
     if has_figure: shutil.copy(seed_dir/FIGURE, book/FIGURE)
     (book/'index.md').write_text(home_page(summary, notebooks, has_figure))

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'Model', 'Stage', 'stage', 'producer',
-           'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
+__all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'REPORT_TITLES', 'Model', 'Stage',
+           'stage', 'producer', 'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
 
 # %% ../nbs/00e_stages.ipynb #5017bd7b
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Model:
     label: str                       # in tables, figures and the website
     method: str | None = None        # the method notebook's short name (students)
     teacher: str | None = None       # the teacher it was distilled from
+    arch: str = 'vgg11'              # its VGG (what a checkpoint under this name must hold)
 
 @dataclass(frozen=True)
 class Stage:
@@ -50,15 +51,15 @@ _NO_TEACHER = ('si', 'ls')
 _ALL_STUDENTS = tuple(f'student_{m}' for m in STUDENT_METHODS) + ('student_lm_from_vgg19', 'student_crd_color_invariant')
 
 STAGES: tuple[Stage, ...] = (
-    Stage('teacher_vgg16', '01_teacher.ipynb', 'Teacher VGG-16', (Model(T16, 'Teacher VGG-16'),), params={'arch': 'vgg16'}),
-    Stage('teacher_vgg19', '01_teacher.ipynb', 'Teacher VGG-19', (Model(T19, 'Teacher VGG-19'),), params={'arch': 'vgg19'}),
+    Stage('teacher_vgg16', '01_teacher.ipynb', 'Teacher VGG-16', (Model(T16, 'Teacher VGG-16', arch='vgg16'),), params={'arch': 'vgg16'}),
+    Stage('teacher_vgg19', '01_teacher.ipynb', 'Teacher VGG-19', (Model(T19, 'Teacher VGG-19', arch='vgg19'),), params={'arch': 'vgg19'}),
     *(Stage(m, f'0{i}_{m}.ipynb', _TITLES[m],
             (Model(f'student_{m}', _LABELS[m], m, None if m in _NO_TEACHER else 'vgg16'),),
             reads=() if m in _NO_TEACHER else (T16,)) for i, m in enumerate(STUDENT_METHODS, 2)),
     Stage('capacity', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16',
           (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), ('capacity.csv',), (T16, T19, 'student_lm')),
     Stage('color', '09_color.ipynb', 'Colour invariance',
-          (Model(TCI, 'Teacher VGG-16 (colour-invariant)'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
+          (Model(TCI, 'Teacher VGG-16 (colour-invariant)', arch='vgg16'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
           ('color.csv',), (T16, T19, *(f'student_{m}' for m in STUDENT_METHODS), 'student_lm_from_vgg19')),
     Stage('kl', '08_kl.ipynb', 'KL ranking: which student approximates the teacher best', (), ('kl.csv',), (T16, *_ALL_STUDENTS)),
     Stage('gradcam', '11_gradcam.ipynb', 'Grad-CAM: where the models look', (),
@@ -66,6 +67,7 @@ STAGES: tuple[Stage, ...] = (
 )
 MODELS: dict[str, Model] = {m.name: m for s in STAGES for m in s.models}
 TEACHER_STAGES = {'vgg16': 'teacher_vgg16', 'vgg19': 'teacher_vgg19', 'color_invariant': 'color'}   # teacher= values
+REPORT_TITLES: dict[str, str] = {s.report: s.title for s in STAGES}   # executed notebook → page title
 
 # %% ../nbs/00e_stages.ipynb #3a601a7f
 def stage(name: str) -> Stage:
@@ -107,6 +109,6 @@ def display_name(name: str) -> str:
     return _LABELS.get(base, base)
 
 def teacher_command(teacher: str) -> str:
-    "How to train a missing teacher: `nbs/01_teacher.ipynb -p arch vgg19`."
+    "How to train a missing teacher: `papermill nbs/01_teacher.ipynb teacher_vgg19_cifar100.ipynb -p arch vgg19`."
     s = stage(TEACHER_STAGES[teacher])
-    return ' '.join([f'nbs/{s.notebook}', *(f'-p {k} {v}' for k, v in s.params.items())])
+    return ' '.join(['papermill', f'nbs/{s.notebook}', f'{teacher_name(teacher)}.ipynb', *(f'-p {k} {v}' for k, v in s.params.items())])

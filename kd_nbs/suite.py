@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from .runs import project_root, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage
-from .engine import write_text_atomic
+from .engine import write_text_atomic, params_diff, run_files
 
 # %% auto #0
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
@@ -27,10 +27,7 @@ SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every noteb
 def stage_files(stage: Stage) -> list[str]:
     "Every file a stage writes: its outputs, each checkpoint's `last_`, metrics and result files, the executed notebook."
     files = list(stage.outputs)
-    for f in stage.outputs:
-        if f.startswith('best_') and f.endswith('.pth'):
-            n = f.removeprefix('best_').removesuffix('.pth')
-            files += [f'last_{n}.pth', f'{n}_metrics.jsonl', f'{n}_result.json']
+    for m in stage.models: files += [p.name for k, p in run_files('.', m.name).items() if k != 'best']
     return files + [stage.report]
 
 # %% ../nbs/90_suite.ipynb #9136684a
@@ -79,9 +76,7 @@ def changed_params(stage: Stage, params: dict, out_dir: Path) -> str | None:
     s = _stamp(out_dir, stage)
     if not s.exists(): return None
     old = json.loads(s.read_text()).get('params', {})
-    diff = [f'{k}: {old.get(k)!r} then, {params.get(k)!r} now' for k in sorted(set(old) | set(params))
-            if old.get(k) != params.get(k)]
-    return '; '.join(diff) or None
+    return '; '.join(params_diff(old, params)) or None
 
 # %% ../nbs/90_suite.ipynb #36e1be35
 def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
