@@ -316,4 +316,4 @@ def main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/94_gpucheck.ipynb #231d345c
 #| eval: false
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())   # `python -m`, not a notebook kernel
