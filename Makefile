@@ -12,7 +12,7 @@ PRESET ?= quick
 NAME   ?= $(PRESET)
 SEEDS  ?= 0
 
-.PHONY: setup report test bench export clean-reports gpu-check
+.PHONY: setup report test bench export clean-reports gpu-check lab
 
 $(VENV)/.installed: requirements.txt settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: setup
 
 bench: setup
 	$(BIN)/kd-nbs bench $(if $(KD_NBS_DATA),--data-dir $(KD_NBS_DATA),)
+
+# JupyterLab on nbs/ with the project's kernel (the venv's python3) and data folder; LAB_ARGS for --port, --ip, ...
+# (--allow-root only as root: containers often run as root, and Jupyter refuses it otherwise)
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 export: setup
 	$(BIN)/nbdev_export

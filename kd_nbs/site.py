@@ -8,30 +8,63 @@ import json, re, shutil, subprocess, sys
 from pathlib import Path
 import pandas as pd
 from .stages import REPORT_TITLES
+from .findings import findings, published_comparison
+from .figures import draw_figures
 
 # %% auto #0
-__all__ = ['HEADLINES', 'FIGURE', 'home_page', 'reader_notebook', 'build_site']
+__all__ = ['CAM', 'CAM_FINE', 'HEADLINES', 'findings_section', 'published_section', 'home_page', 'reader_notebook', 'build_site']
 
 # %% ../nbs/91_site.ipynb #66e3957f
-HEADLINES = [('accuracy', 'Accuracy of every model', 'Best test accuracy (%), training epochs and minutes on this machine.'),
-             ('kl', 'KL ranking', 'Mean KL(teacher ‖ student) of the predictions at T=1 and T=4, top-1 agreement with the VGG-16 teacher, accuracy.'),
-             ('color', 'Colour drops', 'Accuracy on the plain and on one seeded colour-jittered test set, and the drop in points.'),
-             ('capacity', 'Teacher capacity', 'The LM student of each teacher: accuracies, and KL to its own teacher.'),
-             ('cam_similarity', 'Grad-CAM similarity', "Pearson correlation of each student's Grad-CAM maps with the teacher's (true class).")]
-FIGURE = 'distillation_grad_cam_comparison.png'
+CAM, CAM_FINE = 'distillation_grad_cam_comparison.png', 'distillation_grad_cam_block2.png'   # written by 11_gradcam
+HEADLINES = [   # (table in summary.json or None, section title, figure key, what it shows)
+    ('accuracy', 'Accuracy of every model', 'accuracy', 'Best test accuracy (%): students in blue, teachers in grey, the '
+     'independent student (SI) as a dashed line. The table adds training epochs and minutes on this machine.'),
+    ('kl', 'KL ranking', 'kl', 'Each student\'s mean KL(teacher ‖ student) at T=1 against its accuracy. The table adds '
+     'KL at T=4 and top-1 agreement with the VGG-16 teacher.'),
+    ('color', 'Colour drops', 'color', 'Accuracy lost on one seeded colour-jittered copy of the test set (points); the '
+     'colour-invariant teacher and its CRD student in orange.'),
+    (None, 'Training curves', 'curves', 'Test accuracy after each epoch of every student (SI dashed).'),
+    ('capacity', 'Teacher capacity', None, 'The LM student of each teacher: accuracies, and KL to its own teacher.'),
+    ('cam_similarity', 'Where the models look (Grad-CAM)', 'cam', 'Grad-CAM of the teacher and the SI, LM, Hints and CRD '
+     'students on the last conv block (title green when the prediction is right, red when wrong), then on a finer, '
+     'earlier block; the table gives the Pearson correlation of each student\'s maps with the teacher\'s (true class).')]
 
-def home_page(summary: dict, notebooks: list[Path], has_figure: bool) -> str:
-    "Markdown of the home page: headline tables, the Grad-CAM figure, links to every notebook."
+# %% ../nbs/91_site.ipynb #code_find1
+def findings_section(summary: dict) -> list[str]:
+    "Markdown lines: the five findings, each with its verdict and the numbers it was decided on."
+    lines = ['## Findings', '', "The seed document's five key findings, decided from this run's numbers: *supported* or "
+             '*not supported* when the difference is larger than the seed-to-seed spread of a difference, *not resolved* '
+             'within it or when only one seed ran.', '']
+    return lines + [f'{i}. {f.markdown()}' for i, f in enumerate(findings(summary.get('per_seed', {})), 1)] + ['']
+
+# %% ../nbs/91_site.ipynb #code_pub1
+def published_section(summary: dict) -> list[str]:
+    "Markdown lines: published from-scratch accuracies and distillation gains beside this run's, marked as other setups."
+    acc = pd.DataFrame(summary.get('per_seed', {}).get('accuracy', []))
+    if acc.empty: return []
+    scratch, gains = published_comparison(acc)
+    md = lambda df: df.to_markdown(index=False, disable_numparse=True)
+    return ['## Published numbers, side by side', '', 'Other setups, not targets: full-width VGG-BN from scratch on '
+            'CIFAR-100 (chenyaofo/pytorch-cifar-models), and the gains over the student for VGG-13 → VGG-8 in the DKD paper '
+            '(Zhao et al., CVPR 2022, Table 1). This run\'s scale is in the last column; its gains are over SI, VGG-16 → VGG-11.',
+            '', md(scratch), '', md(gains), '']
+
+# %% ../nbs/91_site.ipynb #code_home
+def home_page(summary: dict, notebooks: list[Path], figures: dict[str, str]) -> str:
+    "Markdown of the home page: findings, each figure above its table, published numbers, links to every notebook."
     cfg = summary['config']
     lines = ['# Knowledge distillation on CIFAR-100: results', '',
              f'VGG-16/19 teachers, VGG-11 students. Run `{cfg["name"]}`: preset `{cfg["preset"]}`, '
-             f'seeds {", ".join(map(str, summary["seeds"]))}' + (' (mean ± std over seeds)' if len(summary['seeds']) > 1 else '') + '.', '']
-    for key, title, note in HEADLINES:
-        if key in summary['tables']:
-            lines += [f'## {title}', '', note, '', pd.DataFrame(summary['tables'][key]).to_markdown(index=False), '']
-    if has_figure:
-        lines += ['## Where the models look', '', 'Grad-CAM of the teacher and the SI, LM, Hints and CRD students '
-                  '(title green when the prediction is right, red when wrong).', '', f'![Grad-CAM comparison]({FIGURE})', '']
+             f'seeds {", ".join(map(str, summary["seeds"]))}' + (' (mean ± std over seeds; error bars show the std)'
+                                                                if len(summary['seeds']) > 1 else '') + '.', '']
+    lines += findings_section(summary)
+    for key, title, fig, note in HEADLINES:
+        if key not in summary['tables'] and fig not in figures: continue
+        lines += [f'## {title}', '', note, '']
+        if fig in figures: lines += [f'![{title}]({figures[fig]})', '']
+        if fig == 'cam' and 'cam_fine' in figures: lines += [f'![Grad-CAM, a finer block]({figures["cam_fine"]})', '']
+        if key in summary['tables']: lines += [pd.DataFrame(summary['tables'][key]).to_markdown(index=False), '']
+    lines += published_section(summary)
     lines += ['## The notebooks', ''] + [f'- [{REPORT_TITLES.get(nb.name, nb.stem)}](notebooks/{nb.name})' for nb in notebooks]
     return '\n'.join(lines) + '\n'
 
@@ -74,9 +107,10 @@ def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'))
     for nb in notebooks:            # the reader's copy: each with its stage's title, without the scaffolding
         (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), REPORT_TITLES.get(nb.name))))
-    has_figure = (seed_dir/FIGURE).exists()
-    if has_figure: shutil.copy(seed_dir/FIGURE, book/FIGURE)
-    (book/'index.md').write_text(home_page(summary, notebooks, has_figure))
+    figures = draw_figures(summary.get('per_seed', {}), {s: run_dir/f'seed{s}' for s in summary['seeds']}, book)
+    for key, name in (('cam', CAM), ('cam_fine', CAM_FINE)):
+        if (seed_dir/name).exists(): shutil.copy(seed_dir/name, book/name); figures[key] = name
+    (book/'index.md').write_text(home_page(summary, notebooks, figures))
     (book/'_config.yml').write_text(
         f'title: "kd-nbs: {summary["config"]["name"]}"\nauthor: kd-nbs\nonly_build_toc_files: true\n'
         'execute:\n  execute_notebooks: "off"\nhtml:\n  use_repository_button: false\n'

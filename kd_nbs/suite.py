@@ -174,7 +174,7 @@ def accuracy_table(out_dir: Path) -> pd.DataFrame:
     for p in sorted(out_dir.glob('*_result.json')):
         r = json.loads(p.read_text())
         rows.append({'model': r['name'], 'label': display_name(r['name']), 'method': r['params']['run'].get('method'),
-                     'teacher': r['params']['run'].get('teacher') or '—',
+                     'teacher': r['params']['run'].get('teacher') or '—', 'width': r['params']['run'].get('width'),
                      'accuracy': r['best_acc'], 'epochs': r['epochs'], 'minutes': r['wall_s'] / 60})
     return pd.DataFrame(rows)
 

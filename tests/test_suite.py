@@ -84,25 +84,53 @@ def _chromium():
     pytest.fail('headless Chromium is needed for the website test: apt-get install chromium')
 
 
-def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
-    index = smoke_run/'book'/'_build'/'html'/'index.html'
+def _headless(url: str, profile: Path, *flags: str) -> str:
+    "The DOM of `url` after headless Chromium has loaded it (and run its scripts)."
     r = subprocess.run([_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
                         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-                        f'--user-data-dir={tmp_path/"profile"}', '--dump-dom', index.as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    dom = r.stdout
-    assert '<table' in dom and 'Accuracy of every model' in dom, r.stderr[-2000:]
+                        f'--user-data-dir={profile}', *flags, '--dump-dom', url], capture_output=True, text=True, timeout=180)
+    assert r.stdout, r.stderr[-2000:]
+    return r.stdout
+
+
+def _loaded_images(page: Path, tmp_path: Path) -> list:
+    "[src, naturalWidth] of every image of `page`, once loaded in Chromium (0: the browser could not show it)."
+    probe = tmp_path/'probe.html'
+    probe.write_text(f'''<iframe id="f" src="{page.as_uri()}" width="1200" height="900"></iframe><pre id="out">pending</pre>
+<script>document.getElementById('f').onload = function () {{
+  const imgs = Array.from(this.contentDocument.images);
+  Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {{ i.onload = i.onerror = r; }}))).then(() => {{
+    document.getElementById('out').textContent = JSON.stringify(imgs.map(i => [i.getAttribute('src'), i.naturalWidth]));
+  }});
+}};</script>''')
+    dom = _headless(probe.as_uri(), tmp_path/'profile2', '--allow-file-access-from-files', '--virtual-time-budget=30000')
+    return json.loads(re.search(r'<pre id="out">(.*?)</pre>', dom, re.S).group(1))
+
+
+def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
+    index = smoke_run/'book'/'_build'/'html'/'index.html'
+    dom = _headless(index.as_uri(), tmp_path/'profile')
+    assert '<table' in dom and 'Accuracy of every model' in dom
     assert all(f'>{s}<' in dom for s in ('SI', 'CRD', 'DKD', 'Hints')), 'results table rows missing'
-    imgs = re.findall(r'<img[^>]+src="([^"]+)"', dom)
-    cam = [s for s in imgs if 'distillation_grad_cam_comparison' in s]
-    assert cam and (index.parent/unquote(cam[0])).exists()
+    # the figures: every one the home page promises, each loaded by the browser (a broken image has naturalWidth 0)
+    images = dict(_loaded_images(index, tmp_path))
+    for name in ('fig_accuracy', 'fig_kl', 'fig_color', 'fig_curves', 'distillation_grad_cam_comparison'):
+        src = [s for s in images if name in s]
+        assert src and images[src[0]] > 100, (name, images)
+    # the findings: one entry per finding of the seed document, each with a verdict decided from the numbers
+    findings = re.search(r'<section id="findings">(.*?)</section>', dom, re.S)
+    assert findings, 'no findings section'
+    entries = re.findall(r'<li>(.*?)</li>', findings.group(1), re.S)
+    assert len(entries) == 5 and all(re.search(r'<em>(not supported|supported|not resolved)\.</em>', e) for e in entries), entries
+    assert 'Published numbers, side by side' in dom and '70.78' in dom and '+4.32' in dom
     links = {urlparse(h).path for h in re.findall(r'href="([^"#]+)', dom) if not urlparse(h).scheme} - {''}
     assert any('11_gradcam' in h for h in links) and any('05_crd' in h for h in links)
     broken = [h for h in links if not (index.parent/unquote(h)).exists()]
     assert broken == []
     pages = {p.name: p.read_text() for p in (index.parent/'notebooks').glob('*.html')}
     assert len(pages) == len(STAGES)
-    assert [n for n, t in pages.items() if '#|' in t or 'TqdmWarning' in t or 'fastcore.test' in t] == []   # no scaffolding
+    shown = {n: re.sub(r'<[^>]+>', '', t) for n, t in {**pages, 'index.html': index.read_text()}.items()}   # text a reader sees
+    assert [n for n, t in shown.items() if '#|' in t or re.search(r'\w+Warning: ', t) or 'fastcore.test' in t] == []
     titles = {n: re.search(r'<title>(.*?)</title>', t).group(1) for n, t in pages.items()}
     assert 'Teacher VGG-19' in titles['01_teacher_vgg19.html'] and 'Teacher VGG-16' in titles['01_teacher_vgg16.html']
     assert len({t for t in titles.values()}) == len(titles)                                         # all distinct
