@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--nbs', default=None, help='folder of the notebooks (default: <project>/nbs)')
     r.add_argument('--rerun-changed', action='store_true',
                    help='finished stages whose parameters changed: move their outputs to seed<k>/archive/ and rerun them')
+    r.add_argument('--gpus', default=None, metavar='0,1,...|all',
+                   help='spread stages over these GPUs, each stage pinned to one with CUDA_VISIBLE_DEVICES')
+    r.add_argument('--per-gpu', type=int, default=1, metavar='K',
+                   help='stages at once on each GPU (without --gpus: stages at once on this machine; default 1)')
+    r.add_argument('--executor', default='local', choices=['local', 'ray'],
+                   help="where stages run: this machine, or Ray tasks (pip install -e '.[ray]')")
+    r.add_argument('--address', default=None, help='the Ray cluster to join (default: start a local Ray)')
     s = sub.add_parser('site', help='(re)build the website of a finished run folder')
     s.add_argument('run_dir')
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
@@ -40,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
                    help='compile modes to measure (reduce-overhead: CUDA only)')
     return p
 
+def _gpus(spec: str | None) -> list[str] | None:
+    "`0,1` → ['0', '1']; `all` → every CUDA device torch sees; None → None."
+    if spec is None: return None
+    if spec == 'all':
+        import torch
+        if not torch.cuda.is_available(): raise ValueError('--gpus all: no CUDA GPU is available here')
+        return [str(i) for i in range(torch.cuda.device_count())]
+    gpus = [g.strip() for g in spec.split(',') if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus): raise ValueError(f'--gpus {spec!r}: expected GPU numbers like 0,1 or all')
+    return gpus
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from kd_nbs.suite import SuiteError
@@ -49,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.epochs is not None and args.epochs < 1: raise SuiteError(f'--epochs {args.epochs}: must be positive')
             run_suite(args.name or args.preset, args.preset, args.seeds, args.epochs, args.data_dir, args.device,
                       parse_overrides(args.overrides), args.reports, args.nbs, only=args.only, site=not args.no_site,
-                      rerun_changed=args.rerun_changed)
+                      rerun_changed=args.rerun_changed, gpus=_gpus(args.gpus), per_gpu=args.per_gpu,
+                      executor=args.executor, address=args.address)
         elif args.command == 'site':
             from kd_nbs.site import build_site
             print(build_site(Path(args.run_dir)))

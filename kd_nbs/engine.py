@@ -445,7 +445,7 @@ def fit(student: VGG,                     # the network to train (its weights ar
         if rank == 0:
             test = evaluate_epoch(student, data, cfg)
             st.wall_s += time.time() - t0; st.epoch = epoch + 1
-            st.history.append(dict(epoch=epoch + 1, lr=opt.param_groups[0]['lr'], **train, **test,
+            st.history.append(dict(epoch=epoch + 1, epochs=cfg.epochs, lr=opt.param_groups[0]['lr'], **train, **test,
                                    epoch_s=round(time.time() - t0, 2)))
             improved, st.best_acc = test['test_acc'] > st.best_acc, max(st.best_acc, test['test_acc'])
             state = checkpoint_state(name, record, student, method, opt, st)
@@ -453,7 +453,7 @@ def fit(student: VGG,                     # the network to train (its weights ar
             save_atomic(state, files['last'])
             _write_metrics(st.history, files['metrics'])
             if progress: print(f'{name} epoch {epoch + 1}/{cfg.epochs}: ' + ' '.join(
-                f'{k} {v:.4g}' for k, v in st.history[-1].items() if k != 'epoch'), flush=True)
+                f'{k} {v:.4g}' for k, v in st.history[-1].items() if k not in ('epoch', 'epochs')), flush=True)
         if world > 1: dist.barrier()
     result = dict(name=name, best_acc=st.best_acc, last_acc=st.history[-1]['test_acc'] if st.history else None,
                   epochs=cfg.epochs, wall_s=round(st.wall_s, 1), checkpoint=str(files['best']), params=record,

@@ -5,7 +5,7 @@
 # %% ../nbs/90_suite.ipynb #4871b354
 from __future__ import annotations
 import difflib, errno, fcntl, json, os, shutil, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,12 +13,13 @@ import pandas as pd
 from .runs import project_root, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage
 from .engine import write_text_atomic, params_diff, run_files
+from .schedule import Job, Progress, capacity, make_executor, run_jobs
 
 # %% auto #0
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
            'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
-           'run_suite']
+           'failure_report', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -214,15 +215,16 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         out[k] = mean_std(df)
     return out
 
-def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict) -> dict[str, pd.DataFrame]:
-    "`summary.json` (per-seed rows and mean ± std tables, with the suite's parameters) and `summary.md`."
+def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict, missing: dict | None = None) -> dict[str, pd.DataFrame]:
+    "`summary.json` (per-seed rows and mean ± std tables, the suite's parameters, what is `missing`) and `summary.md`."
     tables = collect(seed_dirs)
     summary = summarize(tables)
-    write_text_atomic(json.dumps({'config': config, 'seeds': list(seed_dirs),
+    write_text_atomic(json.dumps({'config': config, 'seeds': list(seed_dirs), 'missing': missing or {},
                                   'per_seed': {k: v.to_dict('records') for k, v in tables.items()},
                                   'tables': {k: v.to_dict('records') for k, v in summary.items()}}, indent=1, default=str),
                       run_dir/'summary.json')
     md = '\n\n'.join(f'## {k}\n\n' + v.to_markdown(index=False) for k, v in summary.items())
+    if missing: md += '\n\n## missing\n\n' + ''.join(f'- {k}: {v.splitlines()[0]}\n' for k, v in missing.items())
     write_text_atomic(md + '\n', run_dir/'summary.md')
     return summary
 
@@ -256,6 +258,14 @@ def refuse_or_archive(jobs: list[tuple], rerun_changed: bool) -> None:
                          'seed<k>/archive/ and run them again, add --rerun-changed.')
     for s, d, _ in changed: print(f'{d.name}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
 
+# %% ../nbs/90_suite.ipynb #failrep
+def failure_report(outcomes: dict, run_dir: Path) -> str:
+    "What failed (each stage's own message) and what did not run because of it; the rest finished."
+    failed = [o.message for o in outcomes.values() if o.status == 'failed']
+    blocked = [k for k, o in outcomes.items() if o.status == 'blocked']
+    return ('\n'.join(failed) + (f'\nNot run, because a stage they need failed: {", ".join(blocked)}.' if blocked else '')
+            + f'\nEvery other stage finished; {run_dir/"summary.json"} has their results and lists what is missing.')
+
 # %% ../nbs/90_suite.ipynb #6b0f8115
 def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
               preset: str = 'quick',                # smoke | quick | paper | auto
@@ -268,10 +278,14 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
               nbs_dir: str | os.PathLike | None = None,       # the notebooks (None: <project>/nbs)
               only: list[str] | None = None,        # run only these stages
               site: bool = True,                    # build the website at the end
-              progress: bool = True,                # papermill's cell progress bars
+              progress: bool = True,                # live lines: one per running stage (epoch, accuracy, ETA)
               rerun_changed: bool = False,          # archive finished stages whose parameters changed, and rerun them
+              gpus: list[str] | None = None,        # GPUs to spread stages over, each pinned with CUDA_VISIBLE_DEVICES
+              per_gpu: int = 1,                     # stages at once on each GPU (without `gpus`: on this machine)
+              executor: str = 'local',              # local (this machine) | ray (a Ray cluster; pip install -e '.[ray]')
+              address: str | None = None,           # the Ray cluster to join (None: start a local Ray)
               ) -> Path:
-    "Run every stage for every seed into `reports/<name>/`, then the summary and the website."
+    "Run every stage for every seed into `reports/<name>/` over the slots given, then the summary and the website."
     root = project_root()
     nbs_dir = Path(nbs_dir) if nbs_dir else (root/'nbs' if root else None)
     if not nbs_dir or not (nbs_dir/'01_teacher.ipynb').exists():
@@ -284,24 +298,29 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     if data_dir: data_dir = str(Path(data_dir).resolve())
     stages = [s for s in STAGES if not only or s.name in only]
     if only and len(stages) != len(set(only)): raise SuiteError(f'unknown stages in {only}; stages are {[s.name for s in STAGES]}')
+    try: cap = capacity(gpus, per_gpu)
+    except ValueError as e: raise SuiteError(str(e)) from None
     shared = dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device)
-    jobs = plan(stages, seeds, shared, overrides, run_dir, nbs_dir)
+    jobs = [Job(seed, s, p, d, nbs_dir) for seed, s, p, d in plan(stages, seeds, shared, overrides, run_dir, nbs_dir)]
     _writable(run_dir)
     with run_lock(run_dir):
-        refuse_or_archive(jobs, rerun_changed)
+        refuse_or_archive([(j.seed, j.stage, j.params, j.out_dir) for j in jobs], rerun_changed)
         t_start = time.time()
-        for i, (seed, stage, params, out_dir) in enumerate(jobs, 1):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tag = f'[seed {seed} · {(i - 1) % len(stages) + 1}/{len(stages)}] {stage.name} ({stage.notebook})'
-            if is_done(stage, params, out_dir): print(f'{tag}: done already, skipped', flush=True); continue
-            print(f'{tag}: running…', flush=True); t0 = time.time()
-            run_stage(stage, params, out_dir, nbs_dir, progress)
-            print(f'{tag}: finished in {(time.time() - t0) / 60:.1f} min (suite {(time.time() - t_start) / 60:.1f} min)', flush=True)
-        config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides)
-        summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config)
+        number = {s.name: i for i, s in enumerate(stages, 1)}
+        label = lambda j: f'[seed {j.seed} · {number[j.stage.name]}/{len(stages)}] {j.stage.name} ({j.stage.notebook})'
+        ex = make_executor(executor, cap, address, run_dir)
+        try:
+            with (Progress(run_dir/'progress.log') if progress else nullcontext()) as live:
+                outcomes = run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label)
+        finally: ex.close()
+        missing = {k: o.message for k, o in outcomes.items() if o.status in ('failed', 'blocked')}
+        config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides,
+                      gpus=gpus, per_gpu=per_gpu, executor=executor)
+        summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config, missing)
         for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
         if site:
             from kd_nbs.site import build_site
             print(f'\nwebsite: {build_site(run_dir)}')
         print(f'suite finished in {(time.time() - t_start) / 60:.1f} min: {run_dir}')
+        if missing: raise SuiteError(failure_report(outcomes, run_dir))
     return run_dir

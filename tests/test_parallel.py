@@ -1,0 +1,108 @@
+"Issue 8: the stage graph over GPU slots. Fake GPUs and fake stage notebooks, then real smoke stages killed with -9."
+import json, os, signal, subprocess, sys, time
+from itertools import combinations
+from pathlib import Path
+import nbformat
+import psutil
+import pytest
+from kd_nbs.suite import run_suite, SuiteError
+from kd_nbs.stages import STAGES
+from kd_nbs.schedule import graph, Job
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = "preset = 'smoke'\nseed = 0\nout_dir = None\nepochs = None\ndata_dir = None\ndevice = None\narch = 'vgg16'"
+
+
+def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0) -> Path:
+    """A notebook for each stage of the real table that checks the models it reads exist, sleeps, writes its outputs
+    and records the CUDA_VISIBLE_DEVICES it saw and its start and end times; the stage `fail` raises instead."""
+    for notebook in {s.notebook for s in STAGES}:
+        body = f'''import json, os, time
+from pathlib import Path
+from kd_nbs.stages import STAGES
+t0, out = time.time(), Path(out_dir)
+stage = next(s for s in STAGES if s.notebook == {notebook!r} and s.params.get('arch', arch) == arch)
+missing = [m for m in stage.reads if not (out/f'best_{{m}}.pth').exists()]
+assert not missing, f'started before its inputs existed: {{missing}}'
+if stage.name == {fail!r}: raise RuntimeError('this stage fails on purpose')
+time.sleep({sleep})
+for f in stage.outputs: (out/f).write_text('fake')
+(out/f'{{stage.name}}.timing.json').write_text(json.dumps(dict(stage=stage.name, gpu=os.environ.get('CUDA_VISIBLE_DEVICES'),
+                                                             start=t0, end=time.time())))'''
+        nb = nbformat.v4.new_notebook()
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+        nb.cells = [nbformat.v4.new_code_cell(PARAMS, metadata={'tags': ['parameters']}), nbformat.v4.new_code_cell(body)]
+        folder.mkdir(parents=True, exist_ok=True); nbformat.write(nb, folder/notebook)
+    return folder
+
+
+def timings(run_dir: Path) -> dict[str, dict]:
+    return {f'{p.parent.name}/{json.loads(p.read_text())["stage"]}': json.loads(p.read_text())
+            for p in run_dir.glob('seed*/*.timing.json')}
+
+
+def test_stages_share_fake_gpus_in_dependency_order(tmp_path, capsys):
+    nbs = fake_notebooks(tmp_path/'nbs')
+    run = run_suite('p', 'smoke', seeds=(0, 1), nbs_dir=nbs, reports_dir=tmp_path, site=False, gpus=['0', '1'], per_gpu=2)
+    t = timings(run)
+    assert len(t) == 2 * len(STAGES) and {r['gpu'] for r in t.values()} == {'0', '1'}
+    for gpu in ('0', '1'):                     # no slot holds more than 2 stages at any instant
+        spans = [(r['start'], r['end']) for r in t.values() if r['gpu'] == gpu]
+        assert max(sum(s <= t0 < e for s, e in spans) for t0, _ in spans) <= 2
+    deps = graph([Job(seed, s, {}) for seed in (0, 1) for s in STAGES])
+    for k, ds in deps.items():                 # never before the stages it depends on have finished
+        assert all(t[k]['start'] >= t[d]['end'] for d in ds), k
+    independent = [(a, b) for a, b in combinations(t, 2) if a not in deps[b] and b not in deps[a]]
+    assert any(t[a]['start'] < t[b]['end'] and t[b]['start'] < t[a]['end'] for a, b in independent)   # they overlap
+    out = capsys.readouterr().out
+    assert 'teacher_vgg16 (01_teacher.ipynb): running on gpu ' in out and 'finished in' in out
+    assert (run/'progress.log').read_text().count('running on gpu') == 2 * len(STAGES)
+
+
+def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_path, capsys):
+    nbs = fake_notebooks(tmp_path/'nbs', fail='lm', sleep=0.2)
+    kw = dict(seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2)
+    with pytest.raises(SuiteError) as e:
+        run_suite('f', 'smoke', **kw)
+    msg = str(e.value)
+    assert 'stage lm failed in 03_lm.ipynb, cell 2' in msg and 'this stage fails on purpose' in msg
+    assert 'Not run, because a stage they need failed: seed0/capacity, seed0/color, seed0/kl, seed0/gradcam.' in msg
+    missing = json.loads((tmp_path/'f'/'summary.json').read_text())['missing']
+    assert set(missing) == {'seed0/lm', 'seed0/capacity', 'seed0/color', 'seed0/kl', 'seed0/gradcam'}
+    ran = set(timings(tmp_path/'f'))
+    assert ran == {f'seed0/{s.name}' for s in STAGES} - set(missing)       # all the others finished
+    capsys.readouterr()
+    fake_notebooks(nbs, sleep=0.2)                                           # fixed: the same command resumes
+    run_suite('f', 'smoke', **kw)
+    out = capsys.readouterr().out
+    assert out.count('done already, skipped') == len(STAGES) - len(missing)
+    assert set(timings(tmp_path/'f')) == {f'seed0/{s.name}' for s in STAGES}
+
+
+def _cli(*args):
+    return [sys.executable, '-c', 'from kd_nbs.cli import main; raise SystemExit(main())', *args]
+
+
+def test_kill_9_in_the_middle_then_the_same_command_finishes_with_the_same_results(real_data_dir, tmp_path):
+    args = ['run', '--preset', 'smoke', '--reports', str(tmp_path), '--only', 'teacher_vgg16', 'si', 'lm', 'hints',
+            '--data-dir', str(real_data_dir), '--no-site']
+    subprocess.run(_cli(*args, '--name', 'straight'), check=True, cwd=ROOT, capture_output=True, timeout=900)
+    cmd = _cli(*args, '--name', 'killed', '--per-gpu', '2')
+    seed0 = tmp_path/'killed'/'seed0'
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600           # kill once the teacher is done and the students are running
+    while not ((seed0/'.stages'/'teacher_vgg16.json').exists() and list(seed0.glob('.*.running.ipynb'))):
+        assert p.poll() is None and time.time() < deadline, 'the run ended before it could be killed'
+        time.sleep(0.2)
+    time.sleep(2)
+    below = psutil.Process(p.pid).children(recursive=True)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    gone, alive = psutil.wait_procs(below, timeout=30)
+    assert not alive, f'left running after kill -9: {[q.cmdline()[:3] for q in alive]}'   # workers and kernels die too
+    assert not (seed0/'.stages'/'lm.json').exists() or not (seed0/'.stages'/'hints.json').exists()   # it was cut short
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'teacher_vgg16 (01_teacher.ipynb): done already, skipped' in r.stdout
+    acc = lambda run: {m: json.loads((tmp_path/run/'seed0'/f'{m}_result.json').read_text())['best_acc']
+                       for m in ('teacher_vgg16_cifar100', 'student_si', 'student_lm', 'student_hints')}
+    assert acc('killed') == acc('straight')
