@@ -23,10 +23,15 @@ $(VENV)/.installed: requirements.txt settings.ini setup.py
 
 setup: $(VENV)/.installed
 
+# The tests also run the Ray executor on a local Ray instance: Ray is an extra of the test environment only.
+$(VENV)/.ray: requirements-ray.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-ray.txt -c requirements.txt
+	touch $@
+
 report: setup
 	$(BIN)/kd-nbs run --preset $(PRESET) --name $(NAME) --seeds $(SEEDS)
 
-test: setup
+test: setup $(VENV)/.ray
 	KD_NBS_PRESET=smoke $(BIN)/nbdev_test
 	@before=$$(cat kd_nbs/*.py | sha256sum); $(BIN)/nbdev_export; after=$$(cat kd_nbs/*.py | sha256sum); \
 	  [ "$$before" = "$$after" ] || { echo 'kd_nbs/ was out of date with nbs/: run nbdev_export and commit'; exit 1; }

@@ -14,6 +14,7 @@ setuptools.setup(
     classifiers=['Programming Language :: Python :: 3', 'License :: ' + lic[1]],
     packages=setuptools.find_packages(include=['kd_nbs', 'kd_nbs.*']),
     include_package_data=True, install_requires=requirements,
+    extras_require={'ray': cfg.get('ray_requirements', '').split()},   # kd-nbs run --executor ray
     python_requires='>=' + cfg['min_python'], zip_safe=False,
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
                   'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},

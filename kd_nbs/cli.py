@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--executor', default='local', choices=['local', 'ray'],
                    help="where stages run: this machine, or Ray tasks (pip install -e '.[ray]')")
     r.add_argument('--address', default=None, help='the Ray cluster to join (default: start a local Ray)')
+    r.add_argument('--sweep', dest='sweeps', action='append', default=[], metavar='STAGE.PARAM=V1,V2,...',
+                   help='run every value (the cross product within a stage) of a student stage: dkd.beta=1,2,4,8')
     s = sub.add_parser('site', help='(re)build the website of a finished run folder')
     s.add_argument('run_dir')
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
@@ -64,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == 'run':
             from kd_nbs.suite import run_suite, parse_overrides
+            from kd_nbs.sweeps import parse_sweeps
             if args.epochs is not None and args.epochs < 1: raise SuiteError(f'--epochs {args.epochs}: must be positive')
             run_suite(args.name or args.preset, args.preset, args.seeds, args.epochs, args.data_dir, args.device,
                       parse_overrides(args.overrides), args.reports, args.nbs, only=args.only, site=not args.no_site,
                       rerun_changed=args.rerun_changed, gpus=_gpus(args.gpus), per_gpu=args.per_gpu,
-                      executor=args.executor, address=args.address)
+                      executor=args.executor, address=args.address, sweeps=parse_sweeps(args.sweeps))
         elif args.command == 'site':
             from kd_nbs.site import build_site
             print(build_site(Path(args.run_dir)))

@@ -15,8 +15,8 @@ import pandas as pd
 from .stages import MODELS, TCI, student_name
 
 # %% auto #0
-__all__ = ['SI', 'HIGHLIGHT', 'STUDENTS', 'mean_std_by', 'save', 'accuracy_bars', 'kl_scatter', 'colour_bars', 'curves',
-           'training_curves', 'draw_figures']
+__all__ = ['SI', 'HIGHLIGHT', 'STUDENTS', 'SWEEP_FIXED', 'mean_std_by', 'save', 'accuracy_bars', 'kl_scatter', 'colour_bars',
+           'curves', 'training_curves', 'sweep_plot', 'draw_figures']
 
 # %% ../nbs/91b_figures.ipynb #4e42d7c5
 def mean_std_by(df: pd.DataFrame, col: str, by: str = 'label') -> pd.DataFrame:
@@ -106,13 +106,35 @@ def training_curves(seed_dirs: dict[int, Path], path: str | Path) -> Path | None
     ax.set_xlabel('epoch'); ax.set_ylabel('test accuracy (%)'); ax.legend(fontsize=8, ncol=2)
     return save(fig, path)
 
-# %% ../nbs/91b_figures.ipynb #013ee3b2
+# %% ../nbs/91b_figures.ipynb #a41928f7
+SWEEP_FIXED = ('stage', 'variant', 'seed', 'accuracy', 'kl_T1', 'agreement')
+
+def sweep_plot(sweep: pd.DataFrame, path: str | Path) -> Path:
+    "Accuracy and KL(teacher ‖ student) against each swept value, one row of two panels per stage and parameter."
+    params = lambda g: [c for c in g.columns if c not in SWEEP_FIXED and g[c].notna().any()]
+    panels = [(st, p) for st, g in sweep.groupby('stage', sort=False) for p in params(g)]
+    fig, axs = plt.subplots(len(panels), 2, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for (st, p), row in zip(panels, axs):
+        g = sweep[sweep.stage == st]
+        others = [c for c in params(g) if c != p]
+        for combo, h in (g.groupby(others) if others else [((), g)]):
+            name = ', '.join(f'{o}={v}' for o, v in zip(others, combo if isinstance(combo, tuple) else (combo,)))
+            for ax, col in zip(row, ('accuracy', 'kl_T1')):
+                if col not in h or h[col].isna().all(): continue
+                m = h.groupby(p)[col].agg(['mean', 'std']).fillna(0).sort_index()
+                ax.errorbar([str(v) for v in m.index], m['mean'], yerr=m['std'], marker='o', capsize=3, label=name or None)
+        row[0].set(xlabel=f'{st}.{p}', ylabel='student accuracy (%)')
+        row[1].set(xlabel=f'{st}.{p}', ylabel='KL(teacher ‖ student), T=1')
+        if others: row[0].legend(fontsize=8)
+    return save(fig, path)
+
+# %% ../nbs/91b_figures.ipynb #d20a378d
 def draw_figures(per_seed: dict[str, list | pd.DataFrame], seed_dirs: dict[int, Path], folder: str | Path) -> dict[str, str]:
     "Draw the home page's figures into `folder` from a run's per-seed tables and seed folders; `{key: file name}`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     t = {k: v if isinstance(v, pd.DataFrame) else pd.DataFrame(v) for k, v in per_seed.items()}
     out = {}
-    for key, draw in (('accuracy', accuracy_bars), ('kl', kl_scatter), ('color', colour_bars)):
+    for key, draw in (('accuracy', accuracy_bars), ('kl', kl_scatter), ('color', colour_bars), ('sweep', sweep_plot)):
         if key in t and len(t[key]): out[key] = draw(t[key], folder/f'fig_{key}.png').name
     if (p := training_curves(seed_dirs, folder/'fig_curves.png')): out['curves'] = p.name
     return out

@@ -11,10 +11,10 @@ from typing import Callable, Protocol
 from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
-__all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'run_job', 'Executor', 'InlineExecutor', 'LocalExecutor',
-           'stage_status', 'Progress', 'Outcome', 'run_jobs', 'jobs_by', 'make_executor']
+__all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'link_inputs', 'run_job', 'Executor', 'InlineExecutor', 'LocalExecutor',
+           'stage_status', 'slot_name', 'Progress', 'Outcome', 'run_jobs', 'jobs_by', 'make_executor']
 
-# %% ../nbs/90a_schedule.ipynb #c616bee5
+# %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
 class Job:
     "One stage of one seed: what papermill runs, with which parameters, into which folder."
@@ -23,17 +23,22 @@ class Job:
     params: dict = field(hash=False, compare=False)
     out_dir: Path = Path('.')
     nbs_dir: Path = Path('nbs')
+    inputs: Path | None = None       # where the models it reads are, when not in `out_dir` (a sweep variant's seed folder)
+    after: tuple[str, ...] = ()      # keys of jobs it waits for beyond those the stage table implies
 
     @property
     def key(self) -> str:
         "`seed0/lm`: the job's name in progress lines, the summary and errors."
         return f'seed{self.seed}/{self.stage.name}'
 
-# %% ../nbs/90a_schedule.ipynb #5d645d16
+# %% ../nbs/90a_schedule.ipynb #c3c2e370
 def graph(jobs: list[Job]) -> dict[str, tuple[str, ...]]:
     "Each job's key → the keys of the jobs it must wait for."
     keys = {j.key for j in jobs}
-    return {j.key: tuple(k for d in depends_on(j.stage) if (k := f'seed{j.seed}/{d}') in keys) for j in jobs}
+    def deps(j: Job) -> tuple[str, ...]:
+        wanted = dict.fromkeys([*(f'seed{j.seed}/{d}' for d in depends_on(j.stage)), *j.after])   # ordered, no repeats
+        return tuple(k for k in wanted if k in keys)
+    return {j.key: deps(j) for j in jobs}
 
 # %% ../nbs/90a_schedule.ipynb #577d0578
 def capacity(gpus: list[str] | None, per_gpu: int = 1) -> dict[str | None, int]:
@@ -43,37 +48,46 @@ def capacity(gpus: list[str] | None, per_gpu: int = 1) -> dict[str | None, int]:
     if gpus and len(set(gpus)) != len(gpus): raise ValueError(f'--gpus {",".join(gpus)}: a GPU is listed twice')
     return {str(g): per_gpu for g in gpus} if gpus else {None: per_gpu}
 
-# %% ../nbs/90a_schedule.ipynb #edeac811
+# %% ../nbs/90a_schedule.ipynb #9aa1e44d
 def die_with_parent() -> None:
     "Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."
     try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError): pass
+
+def link_inputs(job: Job) -> None:
+    "Relative links in `job.out_dir` to the checkpoints its stage reads from `job.inputs` (valid on every node of a shared filesystem)."
+    for m in job.stage.reads:
+        src, dst = job.inputs/f'best_{m}.pth', job.out_dir/f'best_{m}.pth'
+        if src.exists() and not dst.exists(): os.symlink(os.path.relpath(src, job.out_dir), dst)
 
 def run_job(job: Job, gpu: str | None) -> str | None:
     "Run `job` here (pinned to `gpu` when given); None on success, else the one-paragraph error."
     from kd_nbs.suite import run_stage, SuiteError
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    if job.inputs is not None: link_inputs(job)
     try: run_stage(job.stage, job.params, job.out_dir, job.nbs_dir, progress=False)
     except SuiteError as e: return str(e)
     return None
 
-# %% ../nbs/90a_schedule.ipynb #6455a839
+# %% ../nbs/90a_schedule.ipynb #9429a383
 class Executor(Protocol):
     "Runs jobs somewhere: `submit` starts one on a slot, `wait` returns `(key, error or None)` of those that ended."
+    def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: ...   # the slots it can honour
     def submit(self, job: Job, gpu: str | None) -> object: ...
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]: ...
     def close(self) -> None: ...
 
-# %% ../nbs/90a_schedule.ipynb #a8bb1ada
+# %% ../nbs/90a_schedule.ipynb #d5bd96f6
 class InlineExecutor:
     "Each job runs in this process, to its end, when submitted (one slot)."
+    def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
     def submit(self, job: Job, gpu: str | None) -> object: return run_job(job, gpu)
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
         return list(handles.items())
     def close(self) -> None: pass
 
-# %% ../nbs/90a_schedule.ipynb #0766830d
+# %% ../nbs/90a_schedule.ipynb #3473bac6
 def _worker(job: Job, gpu: str | None, error_file: str) -> None:
     die_with_parent()
     err = run_job(job, gpu)
@@ -83,6 +97,7 @@ def _worker(job: Job, gpu: str | None, error_file: str) -> None:
 class LocalExecutor:
     "One process per job on this machine."
     def __init__(self): self.ctx = mp.get_context('spawn')
+    def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
 
     def submit(self, job: Job, gpu: str | None) -> object:
         err = job.out_dir/'.stages'/f'{job.stage.name}.error'
@@ -107,7 +122,7 @@ class LocalExecutor:
 
     def close(self) -> None: pass
 
-# %% ../nbs/90a_schedule.ipynb #aa7cca2d
+# %% ../nbs/90a_schedule.ipynb #48074697
 def stage_status(job: Job) -> str:
     "`LM epoch 3/200, test 41.2 %, ETA 5.1 min` from the stage's metrics files; '' before its first epoch ends."
     files = [(job.out_dir/f'{m.name}_metrics.jsonl', m) for m in job.stage.models]
@@ -122,7 +137,12 @@ def stage_status(job: Job) -> str:
     eta = f', ETA {left * pace / 60:.1f} min' if left is not None else ''
     return f'{m.label} epoch {last["epoch"]}/{n or "?"}, test {last["test_acc"]:.1f} %{eta}'
 
-# %% ../nbs/90a_schedule.ipynb #769ac8ca
+# %% ../nbs/90a_schedule.ipynb #94d3f8ee
+def slot_name(gpu: str | None) -> str:
+    "How a slot is shown: `cpu` (no pinning), `gpu 1`, or the executor's own name (`Ray`)."
+    return 'cpu' if gpu is None else f'gpu {gpu}' if gpu.isdigit() else gpu.capitalize()
+
+# %% ../nbs/90a_schedule.ipynb #5731b5f4
 class Progress:
     "Live lines for the running jobs: in place on a terminal, plain lines in a log file and on other streams."
     def __init__(self, log: Path | None = None, stream=None, every: float = 2.0, log_every: float = 60.0):
@@ -135,7 +155,7 @@ class Progress:
 
     def line(self, key: str) -> str:
         job, gpu, t0 = self.running[key]
-        where = f'gpu {gpu}' if gpu is not None else 'cpu'
+        where = slot_name(gpu)
         return f'  {key:<24} {where:<6} {stage_status(job) or "starting"} ({(time.time() - t0) / 60:.1f} min)'
 
     def _write(self, text: str, to_log: bool = True) -> None:
@@ -175,7 +195,7 @@ class Progress:
         self._stop.set(); self._thread.join()
         with self._lock: self._clear()
 
-# %% ../nbs/90a_schedule.ipynb #cce5d610
+# %% ../nbs/90a_schedule.ipynb #ae35e99d
 @dataclass
 class Outcome:
     "How a job ended: `done`, `skipped` (done before), `failed` (with the error) or `blocked` (a dependency failed)."
@@ -184,7 +204,7 @@ class Outcome:
     gpu: str | None = None
     minutes: float = 0.0
 
-# %% ../nbs/90a_schedule.ipynb #ce776379
+# %% ../nbs/90a_schedule.ipynb #28114e39
 def _slot(load: dict, cap: dict) -> str | None | bool:
     free = [g for g in cap if load[g] < cap[g]]
     return min(free, key=lambda g: load[g] / cap[g]) if free else False
@@ -215,7 +235,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
             if (gpu := _slot(load, cap)) is False: break
             del todo[k]; load[gpu] += 1
             if progress: progress.running[k] = (j, gpu, time.time())
-            say(f'{label(j)}: running' + (f' on gpu {gpu}' if gpu is not None else '') + '…')
+            say(f'{label(j)}: running' + (f' on {slot_name(gpu)}' if gpu is not None else '') + '…')
             running[k] = (executor.submit(j, gpu), gpu, time.time())
         if not running:
             if todo: raise RuntimeError(f'no job can start: {sorted(todo)} wait on each other')
@@ -230,7 +250,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
 
 def jobs_by(jobs: list[Job], key: str) -> Job: return next(j for j in jobs if j.key == key)
 
-# %% ../nbs/90a_schedule.ipynb #28d00c0f
+# %% ../nbs/90a_schedule.ipynb #6820c7ec
 def make_executor(kind: str, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None) -> Executor:
     "`local` (this process for one slot without GPUs, else one process per stage) or `ray` (tasks on a Ray cluster)."
     if kind == 'ray':

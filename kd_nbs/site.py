@@ -25,6 +25,8 @@ HEADLINES = [   # (table in summary.json or None, section title, figure key, wha
      'colour-invariant teacher and its CRD student in orange.'),
     (None, 'Training curves', 'curves', 'Test accuracy after each epoch of every student (SI dashed).'),
     ('capacity', 'Teacher capacity', None, 'The LM student of each teacher: accuracies, and KL to its own teacher.'),
+    ('sweep', 'Sweeps', 'sweep', 'Each variant of a swept student stage: its accuracy and its KL to the VGG-16 teacher '
+     'against the swept value (mean ± std over seeds).'),
     ('cam_similarity', 'Where the models look (Grad-CAM)', 'cam', 'Grad-CAM of the teacher and the SI, LM, Hints and CRD '
      'students on the last conv block (title green when the prediction is right, red when wrong), then on a finer, '
      'earlier block; the table gives the Pearson correlation of each student\'s maps with the teacher\'s (true class).')]

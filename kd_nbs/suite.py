@@ -14,12 +14,13 @@ from .runs import project_root, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, make_executor, run_jobs
+from .sweeps import sweep_jobs, sweep_table
 
 # %% auto #0
-__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
-           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
-           'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
-           'failure_report', 'run_suite']
+__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'SWEEP_COLUMNS', 'stage_files', 'parse_overrides', 'stage_params',
+           'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError', 'run_lock',
+           'check_overrides', 'check_values', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize',
+           'write_summary', 'plan', 'refuse_or_archive', 'failure_report', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -110,7 +111,7 @@ def run_lock(run_dir: Path):
         fcntl.flock(f, fcntl.LOCK_UN); f.close()
 
 # %% ../nbs/90_suite.ipynb #1ed7ee6e
-def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set]) -> None:
+def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set], flag: str = '--set') -> None:
     "Every `--set` name is declared by the notebook(s) it goes to; else a SuiteError suggesting the closest name."
     for key, values in overrides.items():
         targets = [s for s in stages if key in ('*', s.name)]
@@ -120,7 +121,7 @@ def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, se
             if (any if key == '*' else all)(name in declared[s.name] for s in targets): continue
             close = difflib.get_close_matches(name, known, 1)
             where = 'no notebook of this suite has' if key == '*' else f'stage {key} ({targets[0].notebook}) has no'
-            raise SuiteError(f"--set {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
+            raise SuiteError(f"{flag} {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
                              + (f'did you mean {close[0]!r}?' if close else f'its parameters are {sorted(known)}'))
 
 def check_values(params: dict[str, dict]) -> None:
@@ -183,7 +184,7 @@ def collect(seed_dirs: dict[int, Path]) -> dict[str, pd.DataFrame]:
     "Every results table, all seeds stacked, with a `seed` column."
     tables = {}
     for key, reader in [('accuracy', accuracy_table)] + [(k, lambda d, f=f: pd.read_csv(d/f) if (d/f).exists() else None)
-                                                      for k, f in TABLES.items()]:
+                                                      for k, f in TABLES.items()] + [('sweep', sweep_table)]:
         parts = [t.assign(seed=s) for s, d in seed_dirs.items() if (t := reader(d)) is not None and len(t)]
         if parts: tables[key] = pd.concat(parts, ignore_index=True)
     return tables
@@ -200,11 +201,13 @@ def mean_std(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 # %% ../nbs/90_suite.ipynb #a8069559
 SORT_BY = {'accuracy': ('accuracy', False), 'kl': ('kl_T1', True), 'color': ('drop', True),
            'cam_similarity': ('mean_corr', False)}
+SWEEP_COLUMNS = ('stage', 'variant', 'seed', 'accuracy', 'kl_T1', 'agreement')
 
 def summarize(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     "Per-table mean ± std over seeds, keyed by the readable `label`, sorted for reading."
     out = {}
     for k, df in tables.items():
+        if k == 'sweep': df = df[[c for c in SWEEP_COLUMNS if c in df.columns]]   # the variant names its values
         df = df.drop(columns=['rank', *(['model', 'student'] if 'label' in df.columns else [])], errors='ignore')
         key = 'label' if 'label' in df.columns else df.columns[0]
         df = df[[key] + [c for c in df.columns if c != key]]
@@ -237,26 +240,36 @@ def _writable(run_dir: Path) -> None:
     except OSError as e:
         raise SuiteError(f'cannot write the run folder {run_dir}: {e.strerror or e}; choose another --reports or --name') from None
 
-def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path) -> list[tuple]:
-    "`(seed, stage, params, out_dir)` for every stage of every seed, checked before anything runs."
-    declared = {s.name: notebook_parameters(nbs_dir/s.notebook) for s in stages}
+def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path,
+         sweeps: dict | None = None) -> list[Job]:
+    "A job for every stage of every seed, then every sweep variant's; names and values checked before anything runs."
+    declared: dict[str, set] = {}
+    def params(s: Stage, seed: int, out_dir: Path) -> dict:
+        if s.name not in declared: declared[s.name] = notebook_parameters(nbs_dir/s.notebook)
+        return stage_params(s, dict(shared, seed=seed), overrides, out_dir, declared[s.name])
+    jobs = [Job(seed, s, params(s, seed, run_dir/f'seed{seed}'), run_dir/f'seed{seed}', nbs_dir) for seed in seeds for s in stages]
     check_overrides(stages, overrides, declared)
-    jobs = [(seed, s, stage_params(s, dict(shared, seed=seed), overrides, run_dir/f'seed{seed}', declared[s.name]),
-             run_dir/f'seed{seed}') for seed in seeds for s in stages]
-    check_values({f'{s.name} (seed {seed})': p for seed, s, p, _ in jobs})
+    jobs += sweep_jobs(sweeps or {}, seeds, run_dir, nbs_dir, params)
+    for name, grid in (sweeps or {}).items():
+        check_overrides([stage(name)], {name: dict.fromkeys(grid)}, {name: declared[name]}, flag='--sweep')
+    check_values({f'{j.stage.name} (seed {j.seed})': j.params for j in jobs})
     return jobs
 
 # %% ../nbs/90_suite.ipynb #76970812
-def refuse_or_archive(jobs: list[tuple], rerun_changed: bool) -> None:
+def _where(out_dir: Path) -> str:
+    "`seed0`, or `seed0/sweep` for a sweep variant's folder."
+    return out_dir.name if out_dir.name.startswith('seed') else f'{out_dir.parent.parent.name}/sweep'
+
+def refuse_or_archive(jobs: list[Job], rerun_changed: bool) -> None:
     "Finished stages asked to run with other parameters: refused, naming old and new values, or archived."
-    changed = [(s, d, diff) for _, s, p, d in jobs if (diff := changed_params(s, p, d))]
+    changed = [(j.stage, j.out_dir, diff) for j in jobs if (diff := changed_params(j.stage, j.params, j.out_dir))]
     if not changed: return
     if not rerun_changed:
         raise SuiteError('these finished stages ran with other parameters:\n' +
-                         ''.join(f'  {d.name}/{s.name} ({s.notebook}): {diff}\n' for s, d, diff in changed) +
+                         ''.join(f'  {_where(d)}/{s.name} ({s.notebook}): {diff}\n' for s, d, diff in changed) +
                          'Nothing was run. To keep their results, use another --name; to move their outputs to '
                          'seed<k>/archive/ and run them again, add --rerun-changed.')
-    for s, d, _ in changed: print(f'{d.name}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
+    for s, d, _ in changed: print(f'{_where(d)}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
 
 # %% ../nbs/90_suite.ipynb #failrep
 def failure_report(outcomes: dict, run_dir: Path) -> str:
@@ -284,6 +297,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
               per_gpu: int = 1,                     # stages at once on each GPU (without `gpus`: on this machine)
               executor: str = 'local',              # local (this machine) | ray (a Ray cluster; pip install -e '.[ray]')
               address: str | None = None,           # the Ray cluster to join (None: start a local Ray)
+              sweeps: dict | None = None,           # from `parse_sweeps`: {'dkd': {'beta': [1, 2, 4, 8]}}
               ) -> Path:
     "Run every stage for every seed into `reports/<name>/` over the slots given, then the summary and the website."
     root = project_root()
@@ -301,21 +315,23 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     try: cap = capacity(gpus, per_gpu)
     except ValueError as e: raise SuiteError(str(e)) from None
     shared = dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device)
-    jobs = [Job(seed, s, p, d, nbs_dir) for seed, s, p, d in plan(stages, seeds, shared, overrides, run_dir, nbs_dir)]
+    jobs = plan(stages, seeds, shared, overrides, run_dir, nbs_dir, sweeps)
     _writable(run_dir)
     with run_lock(run_dir):
-        refuse_or_archive([(j.seed, j.stage, j.params, j.out_dir) for j in jobs], rerun_changed)
+        refuse_or_archive(jobs, rerun_changed)
         t_start = time.time()
         number = {s.name: i for i, s in enumerate(stages, 1)}
-        label = lambda j: f'[seed {j.seed} · {number[j.stage.name]}/{len(stages)}] {j.stage.name} ({j.stage.notebook})'
+        where = lambda j: f'{number[j.stage.name]}/{len(stages)}' if j.stage.name in number else 'sweep'
+        label = lambda j: f'[seed {j.seed} · {where(j)}] {j.stage.name} ({j.stage.notebook})'
         ex = make_executor(executor, cap, address, run_dir)
+        cap = ex.slots(cap)                         # Ray: the cluster's GPUs, whatever this machine has
         try:
             with (Progress(run_dir/'progress.log') if progress else nullcontext()) as live:
                 outcomes = run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label)
         finally: ex.close()
         missing = {k: o.message for k, o in outcomes.items() if o.status in ('failed', 'blocked')}
         config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides,
-                      gpus=gpus, per_gpu=per_gpu, executor=executor)
+                      gpus=gpus, per_gpu=per_gpu, executor=executor, sweeps=sweeps or {})
         summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config, missing)
         for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
         if site:

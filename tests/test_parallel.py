@@ -106,3 +106,62 @@ def test_kill_9_in_the_middle_then_the_same_command_finishes_with_the_same_resul
     acc = lambda run: {m: json.loads((tmp_path/run/'seed0'/f'{m}_result.json').read_text())['best_acc']
                        for m in ('teacher_vgg16_cifar100', 'student_si', 'student_lm', 'student_hints')}
     assert acc('killed') == acc('straight')
+
+
+@pytest.fixture
+def local_ray():
+    "A local Ray head with 2 logical GPUs on this CPU machine, started and stopped by the test."
+    import socket
+    ray_bin = Path(sys.executable).parent/'ray'
+    assert ray_bin.exists(), "Ray is not installed: pip install -e '.[ray]' (make test installs it)"
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    subprocess.run([str(ray_bin), 'start', '--head', f'--port={port}', '--num-gpus=2', '--num-cpus=4',
+                    '--include-dashboard=false', '--disable-usage-stats'], check=True, capture_output=True, timeout=180)
+    try: yield f'127.0.0.1:{port}'
+    finally: subprocess.run([str(ray_bin), 'stop', '--force'], capture_output=True, timeout=180)
+
+
+def test_ray_tasks_land_on_their_logical_gpus_in_dependency_order(local_ray, tmp_path, capsys):
+    nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5)
+    run = run_suite('r', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, executor='ray',
+                    address=local_ray, per_gpu=2)
+    t = timings(run)
+    assert len(t) == len(STAGES) and {r['gpu'] for r in t.values()} <= {'0', '1'}     # the GPU share Ray granted
+    for gpu in ('0', '1'):
+        spans = [(r['start'], r['end']) for r in t.values() if r['gpu'] == gpu]
+        assert not spans or max(sum(s <= t0 < e for s, e in spans) for t0, _ in spans) <= 2
+    deps = graph([Job(0, s, {}) for s in STAGES])
+    assert all(t[k]['start'] >= t[d]['end'] for k, ds in deps.items() for d in ds)
+    assert 'running on Ray' in capsys.readouterr().out
+
+
+def test_a_sweep_of_two_values_runs_each_variant_apart_then_tables_and_plots_them(real_data_dir, tmp_path, capsys):
+    from kd_nbs.sweeps import parse_sweeps
+    kw = dict(seeds=(0,), data_dir=str(real_data_dir), reports_dir=tmp_path, only=['teacher_vgg16', 'dkd'],
+              sweeps=parse_sweeps(['dkd.beta=1,8']), per_gpu=2)
+    run = run_suite('s', 'smoke', **kw)
+    seed0 = run/'seed0'
+    for beta in (1, 8):
+        d = seed0/'sweep'/f'dkd@beta={beta}'
+        assert (d/'best_student_dkd.pth').is_file() and (d/'07_dkd.ipynb').exists() and (d/'kl.csv').exists()
+        assert json.loads((d/'.stages'/f'dkd@beta={beta}.json').read_text())['params']['beta'] == beta
+        assert (d/'best_teacher_vgg16_cifar100.pth').is_symlink()             # read from the seed folder, not copied
+    # no two variants (nor the plain stage) wrote the same file
+    ckpts = [seed0/'best_student_dkd.pth', *(seed0/'sweep').glob('dkd@*/best_student_dkd.pth')]
+    assert len({p.resolve() for p in ckpts}) == 3
+    s = json.loads((run/'summary.json').read_text())
+    rows = s['per_seed']['sweep']
+    assert sorted(r['beta'] for r in rows) == [1, 8] and all(r['kl_T1'] > 0 and r['accuracy'] > 0 for r in rows)
+    assert [r['variant'] for r in s['tables']['sweep']] == ['beta=1', 'beta=8']
+    home = (run/'book'/'index.md').read_text()
+    assert '## Sweeps' in home and '(fig_sweep.png)' in home and (run/'book'/'_build'/'html'/'_images'/'fig_sweep.png').exists()
+    capsys.readouterr()
+    run_suite('s', 'smoke', **{**kw, 'site': False})                         # everything done: all skipped
+    assert capsys.readouterr().out.count('done already, skipped') == 2 + 4
+
+
+def test_a_misspelled_sweep_is_refused_before_anything_runs(tmp_path):
+    r = subprocess.run(_cli('run', '--preset', 'smoke', '--name', 'x', '--reports', str(tmp_path), '--sweep', 'dkd.betta=1,2'),
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and "--sweep dkd.betta: stage dkd (07_dkd.ipynb) has no parameter 'betta'; did you mean 'beta'?" in r.stderr
+    assert not (tmp_path/'x').exists()
