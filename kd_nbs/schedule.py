@@ -87,9 +87,13 @@ class InlineExecutor:
         return list(handles.items())
     def close(self) -> None: pass
 
-# %% ../nbs/90a_schedule.ipynb #3473bac6
+# %% ../nbs/90a_schedule.ipynb #537b4581
 def _worker(job: Job, gpu: str | None, error_file: str) -> None:
     die_with_parent()
+    log = job.out_dir/'logs'/f'{job.stage.name}.log'      # the stage's own output (and its kernel's), not the suite's terminal
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
     err = run_job(job, gpu)
     if err is not None:
         Path(error_file).write_text(err); sys.exit(1)
@@ -104,19 +108,19 @@ class LocalExecutor:
         err.parent.mkdir(parents=True, exist_ok=True); err.unlink(missing_ok=True)
         p = self.ctx.Process(target=_worker, args=(job, gpu, str(err)), name=job.key)
         p.start()
-        return p, err
+        return p, err, job.out_dir/'logs'/f'{job.stage.name}.log'
 
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
         end = time.time() + timeout
         while True:
-            ended = [(k, p, err) for k, (p, err) in handles.items() if not p.is_alive()]
+            ended = [(k, p, err, log) for k, (p, err, log) in handles.items() if not p.is_alive()]
             if ended or time.time() >= end: break
             time.sleep(0.2)
         out = []
-        for k, p, err in ended:
+        for k, p, err, log in ended:
             p.join()
             msg = None if p.exitcode == 0 else (err.read_text() if err.exists() else
-                                                 f'stage {k} ended with exit code {p.exitcode} (killed, or out of memory?)')
+                                                 f'stage {k} ended with exit code {p.exitcode} (killed, or out of memory?); see {log}')
             err.unlink(missing_ok=True); out.append((k, msg))
         return out
 

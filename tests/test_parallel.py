@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = "preset = 'smoke'\nseed = 0\nout_dir = None\nepochs = None\ndata_dir = None\ndevice = None\narch = 'vgg16'"
 
 
-def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0) -> Path:
+def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0, die: str | None = None) -> Path:
     """A notebook for each stage of the real table that checks the models it reads exist, sleeps, writes its outputs
     and records the CUDA_VISIBLE_DEVICES it saw and its start and end times; the stage `fail` raises instead."""
     for notebook in {s.notebook for s in STAGES}:
@@ -25,6 +25,7 @@ stage = next(s for s in STAGES if s.notebook == {notebook!r} and s.params.get('a
 missing = [m for m in stage.reads if not (out/f'best_{{m}}.pth').exists()]
 assert not missing, f'started before its inputs existed: {{missing}}'
 if stage.name == {fail!r}: raise RuntimeError('this stage fails on purpose')
+if stage.name == {die!r}: import signal; os.kill(os.getppid(), signal.SIGKILL)    # its worker dies, as if out of memory
 time.sleep({sleep})
 for f in stage.outputs: (out/f).write_text('fake')
 (out/f'{{stage.name}}.timing.json').write_text(json.dumps(dict(stage=stage.name, gpu=os.environ.get('CUDA_VISIBLE_DEVICES'),
@@ -165,3 +166,10 @@ def test_a_misspelled_sweep_is_refused_before_anything_runs(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 1 and "--sweep dkd.betta: stage dkd (07_dkd.ipynb) has no parameter 'betta'; did you mean 'beta'?" in r.stderr
     assert not (tmp_path/'x').exists()
+
+
+def test_a_worker_that_dies_is_reported_with_its_log(tmp_path):
+    nbs = fake_notebooks(tmp_path/'nbs', die='si', sleep=0.2)
+    with pytest.raises(SuiteError, match=r'(?s)stage seed0/si ended with exit code -9 .*logs/si.log'):
+        run_suite('d', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+    assert (tmp_path/'d'/'seed0'/'ls.timing.json').exists()              # the other stage finished
