@@ -12,7 +12,8 @@ from .stages import MODELS, T16, T19, TCI, student_name
 # %% auto #0
 __all__ = ['VERDICTS', 'DISTILLED', 'SI', 'CRD', 'CRD_CI', 'LM', 'LM19', 'FINDINGS', 'PUBLISHED_SCRATCH', 'PUBLISHED_GAINS',
            'decide', 'seed_spread', 'seed_mean', 'Finding', 'spread_note', 'distillation_beats_si', 'methods_differ',
-           'lower_kl_closer', 'colour_invariant_crd', 'larger_teacher_helps', 'findings', 'published_comparison']
+           'lower_kl_closer', 'two_models', 'teachers_note', 'colour_invariant_crd', 'larger_teacher_helps', 'findings',
+           'published_comparison']
 
 # %% ../nbs/91a_findings.ipynb #464017b6
 VERDICTS = ('supported', 'not supported', 'not resolved')
@@ -95,34 +96,39 @@ def lower_kl_closer(t: dict[str, pd.DataFrame]) -> Finding:
                    f'ρ(KL, accuracy): {", ".join(f"{r:.2f}" for r in acc_rho)}.'
                    + (f' Standard error of the mean ρ over {n} seeds: {sem:.2f}.' if n > 1 else spread_note(math.nan, 1)))
 
-# %% ../nbs/91a_findings.ipynb #fba8a0b8
+# %% ../nbs/91a_findings.ipynb #ec2a8c74
+def two_models(df: pd.DataFrame, col: str, a: str, b: str) -> tuple[float, float, float, int]:
+    "Means over seeds of `col` for models `a` and `b`, the spread of their difference, and the number of seeds."
+    return seed_mean(df, a, col), seed_mean(df, b, col), seed_spread(df, col), df['seed'].nunique()
+
+def teachers_note(df: pd.DataFrame, col: str, teachers: dict[str, str], unit: str = '') -> str:
+    "` (teachers: VGG-16 40.64 %, VGG-19 36.39 %)` when every teacher named is in `df`, else ''."
+    if not set(teachers.values()) <= set(df.model): return ''
+    return ' (teachers: ' + ', '.join(f'{k} {seed_mean(df, m, col):.2f}{unit}' for k, m in teachers.items()) + ')'
+
+# %% ../nbs/91a_findings.ipynb #90334864
 CRD, CRD_CI = student_name('crd'), student_name('crd', 'color_invariant')
 
 def colour_invariant_crd(t: dict[str, pd.DataFrame]) -> Finding:
     "Finding 4 from the colour table: CRD's drop minus the colour-invariant CRD's drop, in points."
     claim, c = 'CRD from a colour-invariant teacher is more robust to colour.', t.get('color')
     if c is None or not {CRD, CRD_CI} <= set(c.model): return _missing(claim, 'The colour study')
-    n, s = c.seed.nunique(), seed_spread(c, 'drop')
-    d, d_ci = seed_mean(c, CRD, 'drop'), seed_mean(c, CRD_CI, 'drop')
-    teachers = f' (teachers: VGG-16 {seed_mean(c, T16, "drop"):.2f}, colour-invariant {seed_mean(c, TCI, "drop"):.2f})'
+    d, d_ci, s, n = two_models(c, 'drop', CRD, CRD_CI)
     return Finding(claim, decide(d - d_ci, s, n), f'Accuracy drop under colour jitter: CRD {d:.2f}, CRD (colour-inv. teacher) '
-                   f'{d_ci:.2f} points{teachers if {T16, TCI} <= set(c.model) else ""}.' + spread_note(s, n))
+                   f'{d_ci:.2f} points' + teachers_note(c, 'drop', {'VGG-16': T16, 'colour-invariant': TCI}) + '.' + spread_note(s, n))
 
-# %% ../nbs/91a_findings.ipynb #daf0c935
+# %% ../nbs/91a_findings.ipynb #e528699b
 LM, LM19 = student_name('lm'), student_name('lm', 'vgg19')
 
 def larger_teacher_helps(t: dict[str, pd.DataFrame]) -> Finding:
     "Finding 5 from the accuracy table: the VGG-19 teacher's LM student against the VGG-16 teacher's."
     claim, acc = 'A larger teacher (VGG-19) gives a better student.', t.get('accuracy')
     if acc is None or not {LM, LM19} <= set(acc.model): return _missing(claim, 'The capacity study')
-    n, s = acc.seed.nunique(), seed_spread(acc, 'accuracy')
-    a, a19 = seed_mean(acc, LM, 'accuracy'), seed_mean(acc, LM19, 'accuracy')
-    teachers = (f' (teachers: VGG-16 {seed_mean(acc, T16, "accuracy"):.2f} %, VGG-19 {seed_mean(acc, T19, "accuracy"):.2f} %)'
-                if {T16, T19} <= set(acc.model) else '')
-    return Finding(claim, decide(a19 - a, s, n), f'LM student from VGG-19 {a19:.2f} %, from VGG-16 {a:.2f} %: '
-                   f'{a19 - a:+.2f} points{teachers}.' + spread_note(s, n))
+    a19, a, s, n = two_models(acc, 'accuracy', LM19, LM)
+    return Finding(claim, decide(a19 - a, s, n), f'LM student from VGG-19 {a19:.2f} %, from VGG-16 {a:.2f} %: {a19 - a:+.2f} points'
+                   + teachers_note(acc, 'accuracy', {'VGG-16': T16, 'VGG-19': T19}, ' %') + '.' + spread_note(s, n))
 
-# %% ../nbs/91a_findings.ipynb #e4a0791b
+# %% ../nbs/91a_findings.ipynb #cf1da921
 FINDINGS = (distillation_beats_si, methods_differ, lower_kl_closer, colour_invariant_crd, larger_teacher_helps)
 
 def findings(per_seed: dict[str, list | pd.DataFrame]) -> list[Finding]:
@@ -130,7 +136,7 @@ def findings(per_seed: dict[str, list | pd.DataFrame]) -> list[Finding]:
     t = {k: v if isinstance(v, pd.DataFrame) else pd.DataFrame(v) for k, v in per_seed.items()}
     return [f(t) for f in FINDINGS]
 
-# %% ../nbs/91a_findings.ipynb #973a84cc
+# %% ../nbs/91a_findings.ipynb #f16f61fc
 PUBLISHED_SCRATCH = {'student_si': ('VGG-11', 70.78), T16: ('VGG-16', 74.00), T19: ('VGG-19', 73.87)}
 PUBLISHED_GAINS = {'student_lm': ('KD', 2.62), 'student_hints': ('FitNets', 0.66), 'student_crd': ('CRD', 3.58),
                    'student_dkd': ('DKD', 4.32)}   # VGG-13 → VGG-8, gain over the student in points

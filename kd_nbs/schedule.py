@@ -199,7 +199,7 @@ class Progress:
         self._stop.set(); self._thread.join()
         with self._lock: self._clear()
 
-# %% ../nbs/90a_schedule.ipynb #ae35e99d
+# %% ../nbs/90a_schedule.ipynb #54392f28
 @dataclass
 class Outcome:
     "How a job ended: `done`, `skipped` (done before), `failed` (with the error) or `blocked` (a dependency failed)."
@@ -208,7 +208,7 @@ class Outcome:
     gpu: str | None = None
     minutes: float = 0.0
 
-# %% ../nbs/90a_schedule.ipynb #28114e39
+# %% ../nbs/90a_schedule.ipynb #106d99a4
 def _slot(load: dict, cap: dict) -> str | None | bool:
     free = [g for g in cap if load[g] < cap[g]]
     return min(free, key=lambda g: load[g] / cap[g]) if free else False
@@ -254,7 +254,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
 
 def jobs_by(jobs: list[Job], key: str) -> Job: return next(j for j in jobs if j.key == key)
 
-# %% ../nbs/90a_schedule.ipynb #6820c7ec
+# %% ../nbs/90a_schedule.ipynb #5cf94b2d
 def make_executor(kind: str, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None) -> Executor:
     "`local` (this process for one slot without GPUs, else one process per stage) or `ray` (tasks on a Ray cluster)."
     if kind == 'ray':
