@@ -73,9 +73,14 @@ def home_page(summary: dict, notebooks: list[Path], figures: dict[str, str]) -> 
 # %% ../nbs/91_site.ipynb #fbe3f248
 _SCAFFOLD = re.compile(r'^\s*(from fastcore\.test import .*|import tempfile.*|import sys, tempfile.*)\s*$')
 
+def _shown(output: dict) -> bool:
+    "Not a warning on stderr, nor a progress-bar widget (no state is saved, so a page could only show its first frame)."
+    if output.get('name') == 'stderr' and 'Warning' in ''.join(output.get('text', '')): return False
+    return 'application/vnd.jupyter.widget-view+json' not in output.get('data', {})
+
 def reader_notebook(nb: dict, title: str | None = None) -> dict:
-    """An executed notebook as a reader should see it: nbdev directives, `#| hide` cells, test-only imports and
-    warnings on stderr removed; prose, equations, code, checks and every other output kept; `title` as its heading."""
+    """An executed notebook as a reader should see it: nbdev directives, `#| hide` cells, test-only imports,
+    warnings on stderr and progress-bar widgets removed; prose, equations, code, checks and every other output kept; `title` as its heading."""
     cells = []
     for c in nb['cells']:
         src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
@@ -84,8 +89,7 @@ def reader_notebook(nb: dict, title: str | None = None) -> dict:
             if any(l.strip() in ('#| hide', '#|hide') for l in lines) or any(l.startswith('#| default_exp') for l in lines): continue
             lines = [l for l in lines if not l.lstrip().startswith('#|') and not _SCAFFOLD.match(l)]
             if not any(l.strip() for l in lines): continue
-            c = {**c, 'source': '\n'.join(lines),
-                 'outputs': [o for o in c.get('outputs', []) if not (o.get('name') == 'stderr' and 'Warning' in ''.join(o.get('text', '')))]}
+            c = {**c, 'source': '\n'.join(lines), 'outputs': [o for o in c.get('outputs', []) if _shown(o)]}
         elif title and not cells and src.lstrip().startswith('# '):
             first, _, rest = src.lstrip().partition('\n')
             c = {**c, 'source': f'# {title}\n' + rest}

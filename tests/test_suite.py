@@ -131,6 +131,7 @@ def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
     assert len(pages) == len(STAGES)
     shown = {n: re.sub(r'<[^>]+>', '', t) for n, t in {**pages, 'index.html': index.read_text()}.items()}   # text a reader sees
     assert [n for n, t in shown.items() if '#|' in t or re.search(r'\w+Warning: ', t) or 'fastcore.test' in t] == []
+    assert [n for n, t in pages.items() if 'widget-view+json' in t] == []        # no stateless progress-bar widgets
     titles = {n: re.search(r'<title>(.*?)</title>', t).group(1) for n, t in pages.items()}
     assert 'Teacher VGG-19' in titles['01_teacher_vgg19.html'] and 'Teacher VGG-16' in titles['01_teacher_vgg16.html']
     assert len({t for t in titles.values()}) == len(titles)                                         # all distinct
