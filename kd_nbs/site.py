@@ -106,6 +106,9 @@ def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     except json.JSONDecodeError as e:
         raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}; cut short?): run `kd-nbs run` with '
                          'the same options again to rewrite it') from None
+    from kd_nbs.suite import write_summary      # the tables again from the seed folders' files: the site shows what is on disk
+    write_summary(run_dir, {s: run_dir/f'seed{s}' for s in summary['seeds']}, summary['config'], summary.get('missing'))
+    summary = json.loads(path.read_text())
     seed_dir = seed_dir or run_dir/f'seed{summary["seeds"][0]}'
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)
