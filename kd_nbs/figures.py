@@ -31,7 +31,7 @@ def save(fig, path: str | Path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=150); plt.close(fig)
     return path
 
-# %% ../nbs/91b_figures.ipynb #b20dd66a
+# %% ../nbs/91b_figures.ipynb #3d078633
 SI = student_name('si')
 
 def accuracy_bars(acc: pd.DataFrame, path: str | Path) -> Path:
@@ -45,7 +45,8 @@ def accuracy_bars(acc: pd.DataFrame, path: str | Path) -> Path:
     if SI in set(acc.model):
         si = acc.loc[acc.model == SI, 'accuracy'].mean()
         ax.axvline(si, ls='--', color='#d62728', lw=1.2, label=f'SI baseline {si:.1f} %')
-    handles = [Patch(color='#9e9e9e', label='teachers'), Patch(color='#1f77b4', label='students'), *ax.get_lines()]
+    lines = [l for l in ax.get_lines() if not l.get_label().startswith('_')]   # the SI line, not the error bars' caps
+    handles = [Patch(color='#9e9e9e', label='teachers'), Patch(color='#1f77b4', label='students'), *lines]
     ax.set_xlabel('best test accuracy (%)'); ax.legend(handles=handles, loc='lower right', fontsize=8)
     return save(fig, path)
 
