@@ -312,6 +312,8 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     if data_dir: data_dir = str(Path(data_dir).resolve())
     stages = [s for s in STAGES if not only or s.name in only]
     if only and len(stages) != len(set(only)): raise SuiteError(f'unknown stages in {only}; stages are {[s.name for s in STAGES]}')
+    if executor == 'ray' and gpus: raise SuiteError('--gpus is for the local executor: Ray tasks use the GPUs of the '
+                                                    'Ray cluster (ray start --num-gpus ...); keep --per-gpu')
     try: cap = capacity(gpus, per_gpu)
     except ValueError as e: raise SuiteError(str(e)) from None
     shared = dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device)

@@ -161,6 +161,12 @@ def test_a_sweep_of_two_values_runs_each_variant_apart_then_tables_and_plots_the
     assert capsys.readouterr().out.count('done already, skipped') == 2 + 4
 
 
+def test_gpus_with_ray_is_refused_before_anything_runs(tmp_path):
+    r = subprocess.run(_cli('run', '--preset', 'smoke', '--name', 'x', '--reports', str(tmp_path), '--executor', 'ray', '--gpus', '0'),
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 1 and '--gpus is for the local executor' in r.stderr and not (tmp_path/'x').exists()
+
+
 def test_a_misspelled_sweep_is_refused_before_anything_runs(tmp_path):
     r = subprocess.run(_cli('run', '--preset', 'smoke', '--name', 'x', '--reports', str(tmp_path), '--sweep', 'dkd.betta=1,2'),
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
