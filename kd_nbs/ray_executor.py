@@ -44,14 +44,17 @@ def visit_folder(node: str, folder: str, token: str) -> bool:
         return True
     except OSError: return False
 
-# %% ../nbs/90b_ray.ipynb #07352869
+# %% ../nbs/90b_ray.ipynb #248ca40d
 def _task(job: Job) -> str | None:
     "A Ray task: run the stage here; Ray has already set CUDA_VISIBLE_DEVICES to the GPU share it granted."
     return run_job(job, None)
 
 class RayExecutor:
     "Stages as Ray tasks: `1/per_gpu` of a GPU each on a cluster with GPUs, one CPU each on one without."
-    def __init__(self, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None):
+    def __init__(self,
+                 cap: dict[str | None, int],      # from `capacity`: its per-GPU count is each task's share, 1/k of a GPU
+                 address: str | None = None,      # a running cluster (`HEAD:6379`); None: a local Ray on this machine
+                 run_dir: Path | None = None):    # checked to be shared by every node before anything runs
         self.ray = ray = import_ray()
         self.owned = not ray.is_initialized()
         if self.owned:           # address None: a local Ray with this machine's CPUs and GPUs

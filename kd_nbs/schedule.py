@@ -150,10 +150,14 @@ def slot_name(gpu: str | None) -> str:
     "How a slot is shown: `cpu` (no pinning), `gpu 1`, or the executor's own name (`Ray`)."
     return 'cpu' if gpu is None else f'gpu {gpu}' if gpu.isdigit() else gpu.capitalize()
 
-# %% ../nbs/90a_schedule.ipynb #5731b5f4
+# %% ../nbs/90a_schedule.ipynb #69b54788
 class Progress:
     "Live lines for the running jobs: in place on a terminal, plain lines in a log file and on other streams."
-    def __init__(self, log: Path | None = None, stream=None, every: float = 2.0, log_every: float = 60.0):
+    def __init__(self,
+                 log: Path | None = None,         # every event and status line, time-stamped (None: none)
+                 stream=None,                     # where people look (None: stdout)
+                 every: float = 2.0,              # seconds between redraws on a terminal
+                 log_every: float = 60.0):        # seconds between status lines in the log (and on a non-terminal)
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
         self.log, self.every, self.log_every = log, every, log_every

@@ -48,9 +48,11 @@ def variants(base: Stage, grid: dict[str, list]) -> list[tuple[Stage, dict]]:
                     values))
     return out
 
-# %% ../nbs/90c_sweeps.ipynb #5b9b27ae
+# %% ../nbs/90c_sweeps.ipynb #65974dd6
 def sweep_jobs(sweeps: dict[str, dict[str, list]],                # from `parse_sweeps`
-               seeds, run_dir: Path, nbs_dir: Path,
+               seeds,                                              # a variant per seed, each in its seed's folder
+               run_dir: Path,                                      # the suite's run folder (`reports/<name>`)
+               nbs_dir: Path,                                      # where the notebooks are
                params: Callable[[Stage, int, Path], dict],         # the suite's parameters of a stage in a folder
                ) -> list[Job]:
     "The training and KL jobs of every variant of every seed, each in `seed<k>/sweep/<variant>/`."
