@@ -12,7 +12,8 @@ from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
 __all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'link_inputs', 'run_job', 'Executor', 'InlineExecutor', 'worker',
-           'LocalExecutor', 'stage_status', 'slot_name', 'Progress', 'Outcome', 'run_jobs', 'jobs_by', 'make_executor']
+           'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress', 'Outcome', 'run_jobs', 'jobs_by',
+           'make_executor']
 
 # %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
@@ -130,7 +131,12 @@ class LocalExecutor:
 
     def close(self) -> None: pass
 
-# %% ../nbs/90a_schedule.ipynb #48074697
+# %% ../nbs/90a_schedule.ipynb #c978438a
+def duration(seconds: float) -> str:
+    "`42 s`, `3.5 min` or `2.1 h`: how long something took or will take, for people."
+    return f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.1f} min' if seconds < 5400 else f'{seconds / 3600:.1f} h'
+
+# %% ../nbs/90a_schedule.ipynb #a36503b5
 def stage_status(job: Job) -> str:
     "`LM epoch 3/200, test 41.2 %, ETA 5.1 min` from the stage's metrics files; '' before its first epoch ends."
     files = [(job.out_dir/f'{m.name}_metrics.jsonl', m) for m in job.stage.models]
@@ -142,15 +148,15 @@ def stage_status(job: Job) -> str:
     last, n = rows[-1], rows[-1].get('epochs')
     pace = sum(r.get('epoch_s', 0) for r in rows) / len(rows)
     left = (n - last['epoch'] + (len(files) - 1 - i) * n) if n else None
-    eta = f', ETA {left * pace / 60:.1f} min' if left is not None else ''
+    eta = f', ETA {duration(left * pace)}' if left is not None else ''
     return f'{m.label} epoch {last["epoch"]}/{n or "?"}, test {last["test_acc"]:.1f} %{eta}'
 
-# %% ../nbs/90a_schedule.ipynb #94d3f8ee
+# %% ../nbs/90a_schedule.ipynb #3b7cc00d
 def slot_name(gpu: str | None) -> str:
     "How a slot is shown: `cpu` (no pinning), `gpu 1`, or the executor's own name (`Ray`)."
     return 'cpu' if gpu is None else f'gpu {gpu}' if gpu.isdigit() else gpu.capitalize()
 
-# %% ../nbs/90a_schedule.ipynb #69b54788
+# %% ../nbs/90a_schedule.ipynb #fa111a1e
 class Progress:
     "Live lines for the running jobs: in place on a terminal, plain lines in a log file and on other streams."
     def __init__(self,
@@ -168,7 +174,7 @@ class Progress:
     def line(self, key: str) -> str:
         job, gpu, t0 = self.running[key]
         where = slot_name(gpu)
-        return f'  {key:<24} {where:<6} {stage_status(job) or "starting"} ({(time.time() - t0) / 60:.1f} min)'
+        return f'  {key:<24} {where:<6} {stage_status(job) or "starting"} ({duration(time.time() - t0)})'
 
     def _write(self, text: str, to_log: bool = True) -> None:
         self.stream.write(text); self.stream.flush()
@@ -207,7 +213,7 @@ class Progress:
         self._stop.set(); self._thread.join()
         with self._lock: self._clear()
 
-# %% ../nbs/90a_schedule.ipynb #54392f28
+# %% ../nbs/90a_schedule.ipynb #5c46732e
 @dataclass
 class Outcome:
     "How a job ended: `done`, `skipped` (done before), `failed` (with the error) or `blocked` (a dependency failed)."
@@ -216,7 +222,7 @@ class Outcome:
     gpu: str | None = None
     minutes: float = 0.0
 
-# %% ../nbs/90a_schedule.ipynb #106d99a4
+# %% ../nbs/90a_schedule.ipynb #adcb517d
 def _slot(load: dict, cap: dict) -> str | None | bool:
     free = [g for g in cap if load[g] < cap[g]]
     return min(free, key=lambda g: load[g] / cap[g]) if free else False
@@ -255,14 +261,14 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
         for k, err in executor.wait({k: h for k, (h, _, _) in running.items()}, timeout=1.0):
             _, gpu, t0 = running.pop(k); load[gpu] -= 1
             if progress: progress.running.pop(k, None)
-            mins = (time.time() - t0) / 60
-            out[k] = Outcome('failed' if err else 'done', err or '', gpu, mins)
-            say(f'{label(jobs_by(jobs, k))}: ' + (f'FAILED after {mins:.1f} min' if err else f'finished in {mins:.1f} min'))
+            took = time.time() - t0
+            out[k] = Outcome('failed' if err else 'done', err or '', gpu, took / 60)
+            say(f'{label(jobs_by(jobs, k))}: ' + (f'FAILED after {duration(took)}' if err else f'finished in {duration(took)}'))
     return out
 
 def jobs_by(jobs: list[Job], key: str) -> Job: return next(j for j in jobs if j.key == key)
 
-# %% ../nbs/90a_schedule.ipynb #5cf94b2d
+# %% ../nbs/90a_schedule.ipynb #1525b771
 def make_executor(kind: str, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None) -> Executor:
     "`local` (this process for one slot without GPUs, else one process per stage) or `ray` (tasks on a Ray cluster)."
     if kind == 'ray':
