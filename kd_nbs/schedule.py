@@ -12,8 +12,8 @@ from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
 __all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'link_inputs', 'run_job', 'Executor', 'InlineExecutor', 'worker',
-           'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress', 'Outcome', 'run_jobs', 'jobs_by',
-           'make_executor']
+           'threads_per_job', 'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress', 'Outcome',
+           'run_jobs', 'jobs_by', 'make_executor']
 
 # %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class InlineExecutor:
         return list(handles.items())
     def close(self) -> None: pass
 
-# %% ../nbs/90a_schedule.ipynb #089ff9da
+# %% ../nbs/90a_schedule.ipynb #016cb3b5
 def worker(argv: list[str] | None = None) -> None:
     "A local worker's entry point: `python -c 'from kd_nbs.schedule import worker; worker()' JOB.pkl GPU ERROR_FILE PARENT_PID`."
     import pickle
@@ -100,8 +100,17 @@ def worker(argv: list[str] | None = None) -> None:
     if err is not None:
         Path(error_file).write_text(err); sys.exit(1)
 
+def threads_per_job(slots: int, cores: int | None = None) -> int:
+    "CPU threads for each of `slots` jobs running at once: the cores shared out, at least one."
+    return max(1, (cores or os.cpu_count() or 1) // max(1, slots))
+
 class LocalExecutor:
-    "One process per job on this machine."
+    "One process per job on this machine, each with its share of the CPU threads."
+    def __init__(self, cap: dict[str | None, int] | None = None):
+        # k stages at once, each with all the cores' threads, oversubscribe the CPU: torch's OpenMP threads then wait
+        # on each other (two quick-preset students on 2 cores went 8x slower). An OMP_NUM_THREADS set by the user wins.
+        self.threads = threads_per_job(sum((cap or {None: 1}).values()))
+
     def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
 
     def submit(self, job: Job, gpu: str | None) -> object:
@@ -110,10 +119,11 @@ class LocalExecutor:
         err, job_file, log = base.with_suffix('.error'), base.with_suffix('.job.pkl'), job.out_dir/'logs'/f'{job.stage.name}.log'
         for p in (err, log): p.parent.mkdir(parents=True, exist_ok=True)
         err.unlink(missing_ok=True); job_file.write_bytes(pickle.dumps(job))
+        env = {'OMP_NUM_THREADS': str(self.threads), **os.environ}
         with open(log, 'ab') as out:          # the stage's own output (and its kernel's), not the suite's terminal
             p = subprocess.Popen([sys.executable, '-c', 'from kd_nbs.schedule import worker; worker()', str(job_file),
                                   '-' if gpu is None else str(gpu), str(err), str(os.getpid())],
-                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return p, err, log, job_file
 
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
@@ -268,11 +278,11 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
 
 def jobs_by(jobs: list[Job], key: str) -> Job: return next(j for j in jobs if j.key == key)
 
-# %% ../nbs/90a_schedule.ipynb #1525b771
+# %% ../nbs/90a_schedule.ipynb #b383c322
 def make_executor(kind: str, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None) -> Executor:
     "`local` (this process for one slot without GPUs, else one process per stage) or `ray` (tasks on a Ray cluster)."
     if kind == 'ray':
         from kd_nbs.ray_executor import RayExecutor
         return RayExecutor(cap, address, run_dir)
     if kind != 'local': raise ValueError(f'--executor {kind!r}: choose local or ray')
-    return InlineExecutor() if cap == {None: 1} else LocalExecutor()
+    return InlineExecutor() if cap == {None: 1} else LocalExecutor(cap)

@@ -86,9 +86,9 @@ def _cli(*args):
 
 def test_kill_9_in_the_middle_then_the_same_command_finishes_with_the_same_results(real_data_dir, tmp_path):
     args = ['run', '--preset', 'smoke', '--reports', str(tmp_path), '--only', 'teacher_vgg16', 'si', 'lm', 'hints',
-            '--data-dir', str(real_data_dir), '--no-site']
+            '--data-dir', str(real_data_dir), '--no-site', '--per-gpu', '2']   # (2 slots: each stage gets half the threads)
     subprocess.run(_cli(*args, '--name', 'straight'), check=True, cwd=ROOT, capture_output=True, timeout=900)
-    cmd = _cli(*args, '--name', 'killed', '--per-gpu', '2')
+    cmd = _cli(*args, '--name', 'killed')
     seed0 = tmp_path/'killed'/'seed0'
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600           # kill once the teacher is done and the students are running
