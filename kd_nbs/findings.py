@@ -12,8 +12,8 @@ from .stages import MODELS, T16, T19, TCI, student_name
 # %% auto #0
 __all__ = ['VERDICTS', 'DISTILLED', 'SI', 'CRD', 'CRD_CI', 'LM', 'LM19', 'FINDINGS', 'PUBLISHED_SCRATCH', 'PUBLISHED_GAINS',
            'decide', 'seed_spread', 'seed_mean', 'Finding', 'spread_note', 'distillation_beats_si', 'methods_differ',
-           'lower_kl_closer', 'two_models', 'teachers_note', 'colour_invariant_crd', 'larger_teacher_helps', 'findings',
-           'published_comparison']
+           'lower_kl_closer', 'two_models', 'teachers_note', 'colour_invariant_crd', 'larger_teacher_helps',
+           'as_frames', 'findings', 'published_comparison']
 
 # %% ../nbs/91a_findings.ipynb #464017b6
 VERDICTS = ('supported', 'not supported', 'not resolved')
@@ -128,13 +128,16 @@ def larger_teacher_helps(t: dict[str, pd.DataFrame]) -> Finding:
     return Finding(claim, decide(a19 - a, s, n), f'LM student from VGG-19 {a19:.2f} %, from VGG-16 {a:.2f} %: {a19 - a:+.2f} points'
                    + teachers_note(acc, 'accuracy', {'VGG-16': T16, 'VGG-19': T19}, ' %') + '.' + spread_note(s, n))
 
-# %% ../nbs/91a_findings.ipynb #cf1da921
+# %% ../nbs/91a_findings.ipynb #36b4118b
+def as_frames(per_seed: dict[str, list | pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    "`summary.json`'s per-seed tables (lists of rows) as data frames; frames pass through."
+    return {k: v if isinstance(v, pd.DataFrame) else pd.DataFrame(v) for k, v in per_seed.items()}
+
 FINDINGS = (distillation_beats_si, methods_differ, lower_kl_closer, colour_invariant_crd, larger_teacher_helps)
 
 def findings(per_seed: dict[str, list | pd.DataFrame]) -> list[Finding]:
     "The five findings decided from a run's per-seed tables (`summary.json`'s `per_seed`: lists of rows or frames)."
-    t = {k: v if isinstance(v, pd.DataFrame) else pd.DataFrame(v) for k, v in per_seed.items()}
-    return [f(t) for f in FINDINGS]
+    return [f(as_frames(per_seed)) for f in FINDINGS]
 
 # %% ../nbs/91a_findings.ipynb #f16f61fc
 PUBLISHED_SCRATCH = {'student_si': ('VGG-11', 70.78), T16: ('VGG-16', 74.00), T19: ('VGG-19', 73.87)}

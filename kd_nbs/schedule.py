@@ -13,7 +13,7 @@ from .stages import Stage, MODELS, depends_on
 # %% auto #0
 __all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'link_inputs', 'run_job', 'Executor', 'InlineExecutor', 'worker',
            'threads_per_job', 'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress', 'Outcome',
-           'run_jobs', 'jobs_by', 'make_executor']
+           'run_jobs', 'make_executor']
 
 # %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def slot_name(gpu: str | None) -> str:
     "How a slot is shown: `cpu` (no pinning), `gpu 1`, or the executor's own name (`Ray`)."
     return 'cpu' if gpu is None else f'gpu {gpu}' if gpu.isdigit() else gpu.capitalize()
 
-# %% ../nbs/90a_schedule.ipynb #fa111a1e
+# %% ../nbs/90a_schedule.ipynb #4e2b9ac3
 class Progress:
     "Live lines for the running jobs: in place on a terminal, plain lines in a log file and on other streams."
     def __init__(self,
@@ -186,11 +186,12 @@ class Progress:
         where = slot_name(gpu)
         return f'  {key:<24} {where:<6} {stage_status(job) or "starting"} ({duration(time.time() - t0)})'
 
-    def _write(self, text: str, to_log: bool = True) -> None:
-        self.stream.write(text); self.stream.flush()
-        if to_log and self.log:
-            with open(self.log, 'a') as f:
-                f.write(''.join(f'{time.strftime("%H:%M:%S")} {l}\n' for l in text.splitlines() if l.strip()))
+    def _show(self, lines: list[str]) -> None:
+        self.stream.write(''.join(l + '\n' for l in lines)); self.stream.flush()
+
+    def _log(self, lines: list[str]) -> None:
+        if self.log:
+            with open(self.log, 'a') as f: f.write(''.join(f'{time.strftime("%H:%M:%S")} {l}\n' for l in lines if l.strip()))
 
     def _clear(self) -> None:
         if self.tty and self._drawn: self.stream.write(f'\x1b[{self._drawn}F\x1b[J')
@@ -199,19 +200,18 @@ class Progress:
     def event(self, msg: str) -> None:
         "A line that stays (started, finished, failed), printed above the live block."
         with self._lock:
-            self._clear(); self._write(msg + '\n'); self.draw(force=True)
+            self._clear(); self._show([msg]); self._log([msg]); self.draw()
 
-    def draw(self, force: bool = False) -> None:
-        "Redraw the live block (terminal) or print the status lines (elsewhere, when due)."
+    def draw(self) -> None:
+        "Redraw the live block (terminal) and, when due, print the status lines (elsewhere) and log them."
         with self._lock:
             lines = [self.line(k) for k in self.running]
             if self.tty:
-                self._clear(); self._write(''.join(l + '\n' for l in lines), to_log=False); self._drawn = len(lines)
+                self._clear(); self._show(lines); self._drawn = len(lines)
             if lines and (time.time() - self._last_plain >= self.log_every):
                 self._last_plain = time.time()
-                if not self.tty: self._write(''.join(l + '\n' for l in lines))
-                elif self.log:
-                    with open(self.log, 'a') as f: f.write(''.join(f'{time.strftime("%H:%M:%S")} {l}\n' for l in lines))
+                if not self.tty: self._show(lines)
+                self._log(lines)
 
     def __enter__(self):
         def loop():
@@ -232,7 +232,7 @@ class Outcome:
     gpu: str | None = None
     minutes: float = 0.0
 
-# %% ../nbs/90a_schedule.ipynb #adcb517d
+# %% ../nbs/90a_schedule.ipynb #048817bd
 def _slot(load: dict, cap: dict) -> str | None | bool:
     free = [g for g in cap if load[g] < cap[g]]
     return min(free, key=lambda g: load[g] / cap[g]) if free else False
@@ -245,7 +245,8 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
              label: Callable[[Job], str] = lambda j: j.key,   # how events name a job
              ) -> dict[str, Outcome]:
     "Run `jobs` over the slots of `cap` in dependency order; a failed job blocks only its dependents."
-    deps, todo = graph(jobs), {j.key: j for j in jobs}
+    deps, by_key = graph(jobs), {j.key: j for j in jobs}
+    todo = dict(by_key)
     out: dict[str, Outcome] = {}
     running: dict[str, tuple[object, str | None, float]] = {}
     load = {g: 0 for g in cap}
@@ -254,7 +255,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
         for k in list(todo):
             if bad := [d for d in deps[k] if d in out and out[d].status in ('failed', 'blocked')]:
                 out[k] = Outcome('blocked', f'{k} did not run: it needs {", ".join(bad)}'); del todo[k]
-                say(f'{label(jobs_by(jobs, k))}: not run, {", ".join(bad)} failed')
+                say(f'{label(by_key[k])}: not run, {", ".join(bad)} failed')
         for k in list(todo):
             if not all(d in out for d in deps[k]): continue
             j = todo[k]
@@ -273,10 +274,8 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
             if progress: progress.running.pop(k, None)
             took = time.time() - t0
             out[k] = Outcome('failed' if err else 'done', err or '', gpu, took / 60)
-            say(f'{label(jobs_by(jobs, k))}: ' + (f'FAILED after {duration(took)}' if err else f'finished in {duration(took)}'))
+            say(f'{label(by_key[k])}: ' + (f'FAILED after {duration(took)}' if err else f'finished in {duration(took)}'))
     return out
-
-def jobs_by(jobs: list[Job], key: str) -> Job: return next(j for j in jobs if j.key == key)
 
 # %% ../nbs/90a_schedule.ipynb #b383c322
 def make_executor(kind: str, cap: dict[str | None, int], address: str | None = None, run_dir: Path | None = None) -> Executor:

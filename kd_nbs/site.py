@@ -97,7 +97,10 @@ def reader_notebook(nb: dict, title: str | None = None) -> dict:
     return {**nb, 'cells': cells}
 
 # %% ../nbs/91_site.ipynb #1d07e45a
-def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
+def build_site(run_dir: str | Path,                  # a `kd-nbs run` folder, with its summary.json
+               seed_dir: Path | None = None,          # whose executed notebooks become pages (None: the first seed's)
+               refresh: bool = True,                  # recompute summary.json from the seed folders first
+               ) -> Path:
     "Write and build the Jupyter Book of a suite run; returns the home page's path."
     run_dir = Path(run_dir)
     path = run_dir/'summary.json'
@@ -106,17 +109,19 @@ def build_site(run_dir: str | Path, seed_dir: Path | None = None) -> Path:
     except json.JSONDecodeError as e:
         raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}; cut short?): run `kd-nbs run` with '
                          'the same options again to rewrite it') from None
-    from kd_nbs.suite import write_summary      # the tables again from the seed folders' files: the site shows what is on disk
-    write_summary(run_dir, {s: run_dir/f'seed{s}' for s in summary['seeds']}, summary['config'], summary.get('missing'))
-    summary = json.loads(path.read_text())
-    seed_dir = seed_dir or run_dir/f'seed{summary["seeds"][0]}'
+    seed_dirs = {s: run_dir/f'seed{s}' for s in summary['seeds']}
+    if refresh:                                 # the tables again from the seed folders' files: the site shows what is on disk
+        from kd_nbs.suite import write_summary
+        write_summary(run_dir, seed_dirs, summary['config'], summary.get('missing'))
+        summary = json.loads(path.read_text())
+    seed_dir = seed_dir or seed_dirs[summary['seeds'][0]]
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)
     (book/'notebooks').mkdir(parents=True)
     notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'))
     for nb in notebooks:            # the reader's copy: each with its stage's title, without the scaffolding
         (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), REPORT_TITLES.get(nb.name))))
-    figures = draw_figures(summary.get('per_seed', {}), {s: run_dir/f'seed{s}' for s in summary['seeds']}, book)
+    figures = draw_figures(summary.get('per_seed', {}), seed_dirs, book)
     for key, name in (('cam', CAM), ('cam_fine', CAM_FINE)):
         if (seed_dir/name).exists(): shutil.copy(seed_dir/name, book/name); figures[key] = name
     (book/'index.md').write_text(home_page(summary, notebooks, figures))

@@ -14,13 +14,13 @@ from .runs import project_root, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, make_executor, run_jobs
-from .sweeps import sweep_jobs, sweep_table
+from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
-__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'SWEEP_COLUMNS', 'stage_files', 'parse_overrides', 'stage_params',
-           'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError', 'run_lock',
-           'check_overrides', 'check_values', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize',
-           'write_summary', 'plan', 'refuse_or_archive', 'failure_report', 'run_suite']
+__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
+           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
+           'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
+           'failure_report', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -201,7 +201,6 @@ def mean_std(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 # %% ../nbs/90_suite.ipynb #a8069559
 SORT_BY = {'accuracy': ('accuracy', False), 'kl': ('kl_T1', True), 'color': ('drop', True),
            'cam_similarity': ('mean_corr', False)}
-SWEEP_COLUMNS = ('stage', 'variant', 'seed', 'accuracy', 'kl_T1', 'agreement')
 
 def summarize(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     "Per-table mean ± std over seeds, keyed by the readable `label`, sorted for reading."
@@ -338,7 +337,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
         for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
         if site:
             from kd_nbs.site import build_site
-            print(f'\nwebsite: {build_site(run_dir)}')
+            print(f'\nwebsite: {build_site(run_dir, refresh=False)}')      # the summary was just written
         print(f'suite finished in {(time.time() - t_start) / 60:.1f} min: {run_dir}')
         if missing: raise SuiteError(failure_report(outcomes, run_dir))
     return run_dir

@@ -13,7 +13,7 @@ from .stages import STAGES, T16, Stage, stage
 from .schedule import Job
 
 # %% auto #0
-__all__ = ['SWEEPABLE', 'parse_sweeps', 'variants', 'sweep_jobs', 'sweep_table']
+__all__ = ['SWEEPABLE', 'SWEEP_COLUMNS', 'parse_sweeps', 'variants', 'sweep_jobs', 'sweep_table']
 
 # %% ../nbs/90c_sweeps.ipynb #8620753e
 SWEEPABLE = tuple(s.name for s in STAGES if len(s.models) == 1 and s.models[0].method and not s.tables)
@@ -67,7 +67,9 @@ def sweep_jobs(sweeps: dict[str, dict[str, list]],                # from `parse_
                 jobs += [train, Job(seed, kv, params(kl, seed, d), d, nbs_dir, inputs=seed_dir, after=(train.key,))]
     return jobs
 
-# %% ../nbs/90c_sweeps.ipynb #f9a0a9dc
+# %% ../nbs/90c_sweeps.ipynb #a0268def
+SWEEP_COLUMNS = ('stage', 'variant', 'seed', 'accuracy', 'kl_T1', 'agreement')   # the sweep table's columns besides the swept values
+
 def sweep_table(seed_dir: Path) -> pd.DataFrame | None:
     "One row per finished variant in `seed_dir/sweep/`: stage, variant, swept values, accuracy, KL (T=1), agreement."
     import yaml
