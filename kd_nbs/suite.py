@@ -141,13 +141,15 @@ def _why(e: BaseException, out_dir: Path) -> str:
 def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
     "Execute one stage with papermill; returns the executed notebook's path."
     import papermill as pm
+    from traitlets.config import Config
     out_nb = out_dir/stage.report
     tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
     _stamp(out_dir, stage).unlink(missing_ok=True)
     os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
     try:
+        # the kernel listens on local (IPC) sockets: no TCP port opens, and ipykernel has no plaintext warning to print
         pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress,
-                            kernel_name='python3', cwd=str(out_dir))
+                            kernel_name='python3', cwd=str(out_dir), config=Config(KernelManager={'transport': 'ipc'}))
     except BaseException as e:
         kept = ''
         if tmp.exists():

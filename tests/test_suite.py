@@ -49,17 +49,18 @@ def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
     assert out.count('done already, skipped') == len(STAGES) and 'running' not in out
 
 
-def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_dir, tmp_path, capsys):
+def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_dir, tmp_path, capfd):
     with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1'):
         run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'],
                   overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)
     assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'failed'/'03_lm.ipynb').exists()
     assert not (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()          # a failed execution is no report
     assert not (tmp_path/'f'/'seed0'/'best_student_lm.pth').exists()
-    capsys.readouterr()
+    out, err = capfd.readouterr()                                        # the kernels' own output included
+    assert 'si (02_si.ipynb): running' in out and 'without encryption' not in err   # kernels on IPC, not plaintext TCP
     with pytest.raises(SuiteError, match='No vgg16 teacher at .*papermill nbs/01_teacher.ipynb'):
         run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
-    assert 'si (02_si.ipynb): done already, skipped' in capsys.readouterr().out
+    assert 'si (02_si.ipynb): done already, skipped' in capfd.readouterr().out
 
 
 def test_bad_parameter_fails_before_training(real_data_dir, tmp_path):
