@@ -13,7 +13,7 @@ from .engine import Method
 from .models import VGG, feature_shapes
 
 # %% auto #0
-__all__ = ['NEGATIVES', 'Embed', 'contrast_scores', 'nce_loss', 'log_normalizer', 'momentum_update', 'CRD']
+__all__ = ['NEGATIVES', 'Embed', 'contrast_scores', 'log_normalizer', 'nce_loss', 'momentum_update', 'CRD']
 
 # %% ../nbs/05_crd.ipynb #530f868d
 class Embed(nn.Module):
@@ -23,29 +23,35 @@ class Embed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
     def forward(self, x): return F.normalize(self.linear(x.flatten(1)), dim=1)
 
+# %% ../nbs/05_crd.ipynb #c9b1e0a2
 def contrast_scores(v: torch.Tensor, memory: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor,
-                    tau: float) -> torch.Tensor:
-    "v·m/τ [B, K+1]: column 0 against each sample's own bank row `index`, then the shared `negatives` [K]."
-    pos = (v * memory[index]).sum(1, keepdim=True)
-    return torch.cat([pos, v @ memory[negatives].T], 1) / tau
+                    tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    "v·m/τ against each sample's own bank row `index` [B, 1], and against the shared `negatives` [B, K]."
+    v = v / tau            # scale the [B, D] embeddings, not the [B, K] scores: one pass less over the large matrix
+    return (v * memory[index]).sum(1, keepdim=True), v @ memory[negatives].T
 
-def nce_loss(scores: torch.Tensor, log_z: torch.Tensor | float, n_data: int, drop: torch.Tensor | None = None) -> torch.Tensor:
-    """NCE loss for scores `v·m/τ` [B, K+1] (positive first), h = exp(score)/Z and noise P_n = 1/n_data.
-    −log(h⁺/(h⁺+K·P_n)) = softplus(log K·P_n − log h⁺) and −log(K·P_n/(h+K·P_n)) = softplus(log h − log K·P_n):
-    two fused operations per score, and no overflow however large exp(score) would be. `drop` [B, K] marks
-    negatives a sample leaves out (its own class); each sample's K is then its own count of kept negatives."""
-    k = scores.shape[1] - 1
+# %% ../nbs/05_crd.ipynb #c9b1e0a5
+def log_normalizer(scores: tuple[torch.Tensor, ...], n_data: int) -> torch.Tensor:
+    "log Z with Z = mean(exp(score))·N over all the `scores` tensors, RepDistiller's constant (set from the first batch)."
+    flat = torch.cat([s.flatten() for s in scores])
+    return torch.logsumexp(flat, 0) - math.log(flat.numel()) + math.log(n_data)
+
+# %% ../nbs/05_crd.ipynb #c9b1e0a7
+def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, n_data: int,
+             drop: torch.Tensor | None = None) -> torch.Tensor:
+    """NCE loss for scores `v·m/τ` of the positives `pos` [B, 1] and negatives `neg` [B, K], with h = exp(score)/Z
+    and noise P_n = 1/n_data. −log(h⁺/(h⁺+K·P_n)) = softplus(log Z·K·P_n − score⁺) and
+    −log(K·P_n/(h+K·P_n)) = softplus(score − log Z·K·P_n): two passes over the negatives (three with `drop`), and no
+    overflow however large exp(score) would be. `drop` [B, K] marks negatives a sample leaves out (its own class);
+    each sample's K is then its own count of kept negatives."""
+    k = neg.shape[1]
     log_kpn = math.log(k / n_data) if drop is None else torch.log((k - drop.sum(1)).clamp_min(1) / n_data)[:, None]
-    log_h = scores - log_z
-    neg = F.softplus(log_h[:, 1:] - log_kpn)
-    if drop is not None: neg = neg.masked_fill(drop, 0)
-    pos = F.softplus(log_kpn - log_h[:, :1])
-    return (pos.sum() + neg.sum()) / scores.shape[0]
+    shift = log_z + log_kpn                                   # log(Z·K·P_n): a number, or one per sample
+    terms = F.softplus(neg - shift)
+    if drop is not None: terms = terms.masked_fill(drop, 0)
+    return (F.softplus(shift - pos).sum() + terms.sum()) / len(pos)
 
-def log_normalizer(scores: torch.Tensor, n_data: int) -> torch.Tensor:
-    "log Z with Z = mean(exp(score))·N, RepDistiller's constant (set once, from the first batch)."
-    return torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + math.log(n_data)
-
+# %% ../nbs/05_crd.ipynb #c9b1e0b2
 @torch.no_grad()
 def momentum_update(memory: torch.Tensor, index: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
     "memory[i] ← normalise(momentum·memory[i] + (1 − momentum)·v), in place."
@@ -88,6 +94,7 @@ class CRD(Method):
         self.register_buffer('memory_t', torch.rand(n_data, feat_dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer('log_z', torch.zeros(2))            # log normalising constants...
         self.register_buffer('z_set', torch.tensor(False))       # ...set on the first batch
+        self._z_checked = False      # this process has seen a batch: Z is set (a flag on the host, read without a sync)
 
     @classmethod
     def between(cls, student: VGG, teacher: VGG, n_data: int, **kw) -> CRD:
@@ -102,6 +109,13 @@ class CRD(Method):
             dist.all_gather(parts, t.contiguous()); out.append(torch.cat(parts))
         return out
 
+    @torch.no_grad()
+    def _set_log_z(self, s_scores, t_scores):
+        "Z of each side from this batch, unless a checkpoint brought them (a select, not an `if` on the device's value)."
+        first = torch.stack([log_normalizer(s, self.n_data) for s in (s_scores, t_scores)])
+        self.log_z.copy_(torch.where(self.z_set, self.log_z, first)); self.z_set.fill_(True)
+        self._z_checked = True
+
     def forward(self, student, teacher, labels, index):
         with torch.autocast(student.embedding.device.type, enabled=False):   # exp(·/τ) wants float32
             v_s = self.embed_s(student.embedding.float())
@@ -109,12 +123,11 @@ class CRD(Method):
             negatives = torch.randint(0, self.n_data, (self.k_draw,), device=index.device)
             drop = self.labels[negatives][None, :] == labels[:, None] if self.labels is not None else None
             # student vs teacher bank and vice versa (the gathers copy the rows before the update below)
-            h_s = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
-            h_t = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
-            # set once, from the first batch (a select, not an `if`, so a compiled step has no branch on data)
-            first = torch.stack([log_normalizer(h.detach(), self.n_data) for h in (h_s, h_t)])
-            self.log_z.copy_(torch.where(self.z_set, self.log_z, first)); self.z_set.fill_(True)
-            loss = nce_loss(h_s, self.log_z[0], self.n_data, drop) + nce_loss(h_t, self.log_z[1], self.n_data, drop)
+            s_pos, s_neg = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
+            t_pos, t_neg = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
+            if not self._z_checked: self._set_log_z((s_pos, s_neg), (t_pos, t_neg))
+            loss = (nce_loss(s_pos, s_neg, self.log_z[0], self.n_data, drop)
+                    + nce_loss(t_pos, t_neg, self.log_z[1], self.n_data, drop))
             idx, vs, vt = self._sync(index, v_s.detach(), v_t.detach())
             momentum_update(self.memory_s, idx, vs, self.momentum)
             momentum_update(self.memory_t, idx, vt, self.momentum)
