@@ -24,16 +24,18 @@ __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', '
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
 _COMMON = dict(momentum=0.9, weight_decay=5e-4, schedule='cosine')
+# method_defaults: hyperparameters a method notebook leaves to the preset (None there). DKD's `warmup` ramps its
+# loss in over 20 of 200 epochs (mdistiller); the short presets, of 1-2 student epochs, ramp over one.
 PRESETS: dict[str, dict] = {
     'smoke': dict(width=0.125, batch_size=64, epochs=dict(teacher=1, student=1, finetune=1),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=True, warmup_epochs=0.0,
-                  max_batches=3, eval_batches=2, eval_limit=256, dkd_warmup=1, **_COMMON),
+                  max_batches=3, eval_batches=2, eval_limit=256, method_defaults=dict(warmup=1), **_COMMON),
     'quick': dict(width=0.25, batch_size=128, epochs=dict(teacher=6, student=2, finetune=1),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=True, warmup_epochs=0.3,
-                  max_batches=None, eval_batches=None, eval_limit=None, dkd_warmup=1, **_COMMON),
+                  max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=1), **_COMMON),
     'paper': dict(width=1.0, batch_size=128, epochs=dict(teacher=200, student=200, finetune=40),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
-                  max_batches=None, eval_batches=None, eval_limit=None, dkd_warmup=20, **_COMMON),
+                  max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=20), **_COMMON),
 }
 
 def resolve_device(device: str | None = None) -> str:
@@ -118,7 +120,6 @@ class Run:
     out_dir: Path
     data_dir: str | None
     eval_limit: int | None
-    dkd_warmup: int
     hparams: dict
 
     @property
@@ -142,6 +143,7 @@ def setup_run(role: str = 'student',             # teacher | student | finetune:
               compile: str | None = None,        # off | default | reduce-overhead (None: the fastest measured here)
               amp: bool | None = None,           # bf16 autocast (None: on CUDA, and on CPUs where a probe finds it faster)
               **hparams) -> Run:                 # the method's hyperparameters, recorded with the results
+                                                 # (None: the preset's `method_defaults`, where it has one)
     "Validate a run notebook's parameters and fill in the rest from the preset."
     _need('role', role, role in ROLES, f'choose one of {ROLES}')
     device = resolve_device(device)
@@ -161,7 +163,8 @@ def setup_run(role: str = 'student',             # teacher | student | finetune:
                       seed=seed, max_batches=p['max_batches'], eval_batches=p['eval_batches'], device=device,
                       **speed_choices(device, width, batch_size or p['batch_size'], amp, compile))
     out = Path(out_dir) if out_dir else default_out_dir()
-    return Run(role, name, cfg, width, out, data_dir, p['eval_limit'], p['dkd_warmup'], hparams)
+    hparams = {k: p['method_defaults'].get(k) if v is None else v for k, v in hparams.items()}
+    return Run(role, name, cfg, width, out, data_dir, p['eval_limit'], hparams)
 
 RUN_PARAMS = ('preset', 'epochs', 'lr', 'schedule', 'batch_size', 'width', 'seed', 'device', 'data_dir', 'out_dir', 'compile')
 
