@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_suite.ipynb #4871b354
 from __future__ import annotations
-import difflib, errno, fcntl, json, os, shutil, time
+import difflib, errno, fcntl, json, os, shutil, tempfile, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,10 +146,12 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
     tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
     _stamp(out_dir, stage).unlink(missing_ok=True)
     os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
+    # The kernel listens on local (IPC) sockets in a private folder (mode 0700), not on TCP ports: nothing else can
+    # connect, and ipykernel has no plaintext-TCP warning to print. The folder is outside the report and removed after.
+    sockets = Path(tempfile.mkdtemp(prefix='kd-nbs-kernel-'))
     try:
-        # the kernel listens on local (IPC) sockets: no TCP port opens, and ipykernel has no plaintext warning to print
-        pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress,
-                            kernel_name='python3', cwd=str(out_dir), config=Config(KernelManager={'transport': 'ipc'}))
+        pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress, kernel_name='python3',
+                            cwd=str(out_dir), config=Config(KernelManager=dict(transport='ipc', ip=str(sockets/'kernel'))))
     except BaseException as e:
         kept = ''
         if tmp.exists():
@@ -159,7 +161,8 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
                  if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir))
         raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
                          f'and running the suite again resumes here.') from None
-    finally: os.environ.pop('KD_NBS_TEACHER_SEARCH', None)
+    finally:
+        os.environ.pop('KD_NBS_TEACHER_SEARCH', None); shutil.rmtree(sockets, ignore_errors=True)
     missing = [f for f in stage.outputs if not (out_dir/f).exists()]
     if missing:
         failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed)
@@ -182,6 +185,7 @@ def accuracy_table(out_dir: Path) -> pd.DataFrame:
                      'accuracy': r['best_acc'], 'epochs': r['epochs'], 'minutes': r['wall_s'] / 60})
     return pd.DataFrame(rows)
 
+# %% ../nbs/90_suite.ipynb #f0e1d2c3
 def collect(seed_dirs: dict[int, Path]) -> dict[str, pd.DataFrame]:
     "Every results table, all seeds stacked, with a `seed` column."
     tables = {}
@@ -191,6 +195,7 @@ def collect(seed_dirs: dict[int, Path]) -> dict[str, pd.DataFrame]:
         if parts: tables[key] = pd.concat(parts, ignore_index=True)
     return tables
 
+# %% ../nbs/90_suite.ipynb #f0e1d2c6
 def mean_std(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     "Numeric columns as `mean ± std` over seeds (4 significant digits; the mean alone for one seed), grouped by the others."
     num = [c for c in df.select_dtypes('number').columns if c not in ('seed', 'rank')]

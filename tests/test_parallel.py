@@ -101,6 +101,7 @@ def test_kill_9_in_the_middle_then_the_same_command_finishes_with_the_same_resul
     gone, alive = psutil.wait_procs(below, timeout=30)
     assert not alive, f'left running after kill -9: {[q.cmdline()[:3] for q in alive]}'   # workers and kernels die too
     assert not (seed0/'.stages'/'lm.json').exists() or not (seed0/'.stages'/'hints.json').exists()   # it was cut short
+    assert [f.name for f in seed0.iterdir() if f.is_socket()] == []      # the killed kernels' IPC sockets lie elsewhere
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'teacher_vgg16 (01_teacher.ipynb): done already, skipped' in r.stdout
