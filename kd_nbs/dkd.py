@@ -17,8 +17,10 @@ def _wide(z: torch.Tensor) -> torch.Tensor:
     return z.to(torch.promote_types(z.dtype, torch.float32))
 
 def _target_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    "True at each sample's target class."
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
 
+# %% ../nbs/07_dkd.ipynb #d4e5f6a2
 def tckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor:
     "Per-sample KL of the binary target-vs-rest distributions, teacher ‖ student."
     m = _target_mask(student_logits, labels)
@@ -29,6 +31,7 @@ def tckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor
     b_s, b_t = binary(student_logits), binary(teacher_logits)
     return (b_t * (b_t.log() - b_s.log())).sum(1)
 
+# %% ../nbs/07_dkd.ipynb #d4e5f6a5
 def nckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor:
     "Per-sample KL over the non-target classes only, teacher ‖ student."
     m = _target_mask(student_logits, labels)

@@ -20,10 +20,12 @@ def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     kl = (log_t.exp() * (log_t - log_s)).sum(1)
     return kl if reduction == 'none' else kl.mean()
 
+# %% ../nbs/03_lm.ipynb #a7c3e1d2
 def kd_loss(student_logits, teacher_logits, T: float = 4.0) -> torch.Tensor:
     "Hinton's soft loss: T² · KL(p_t^T ‖ p_s^T), averaged over the batch."
     return T * T * kl_teacher_student(student_logits, teacher_logits, T)
 
+# %% ../nbs/03_lm.ipynb #a7c3e1d5
 class LogitMatching(Method):
     "α·CE + (1−α)·T²·KL(p_t^T ‖ p_s^T)."
     needs_teacher = True
