@@ -238,8 +238,11 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
 
 class Stepper:
     "`train_step` with the student's step and the teacher's forward compiled per `mode`, falling back to eager."
-    def __init__(self, model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, amp: bool = False,
-                 mode: str = 'off'):
+    def __init__(self, model: nn.Module,                 # a `Trainable` (student and method), possibly in DDP
+                 teacher: nn.Module | None,              # the prepared teacher (`prepare_teacher`), or None
+                 opt: torch.optim.Optimizer,             # the student's optimiser
+                 amp: bool = False,                      # bf16 autocast
+                 mode: str = 'off'):                     # one of COMPILE_MODES
         if mode not in COMPILE_MODES: raise ValueError(f'compile={mode!r}: choose one of {COMPILE_MODES}')
         self.eager, self.opt, self.amp, self.mode = (model, teacher), opt, amp, mode
         self.model, self.teacher = model, teacher
@@ -372,8 +375,27 @@ def steps_per_epoch(n_train: int, cfg: TrainConfig, world: int = 1) -> int:
     steps = n_train // per if (cfg.drop_last or world > 1) else math.ceil(n_train / per)
     return min(steps, cfg.max_batches) if cfg.max_batches else steps
 
-def train_epoch(step: Stepper, data: CIFAR100, cfg: TrainConfig, epoch: int, desc: str = '', rank: int = 0,
-                world: int = 1, progress: bool = True, log_every: int = 20, method: Method | None = None) -> dict:
+# %% ../nbs/00c_engine.ipynb #e1f2a3b2
+def _check_finite(step_loss: torch.Tensor, desc: str, epoch: int) -> None:
+    "A `DivergedError` naming the first step whose loss is not finite, if there is one."
+    bad = (~torch.isfinite(step_loss)).nonzero()
+    if len(bad):
+        i = bad[0].item()
+        raise DivergedError(f'{desc or "training"}: the loss became {step_loss[i].item()} at epoch {epoch + 1}, step {i + 1}. '
+                            'Training stopped; no checkpoint was written from these weights (try a lower lr).')
+
+# %% ../nbs/00c_engine.ipynb #e1f2a3b5
+def train_epoch(step: Stepper,                  # the training step (student, teacher, optimiser)
+                data: CIFAR100,                 # the dataset, on the device
+                cfg: TrainConfig,               # batch size, schedule, augmentation, caps
+                epoch: int,                     # 0-based: seeds the shuffle and augmentation, places the schedule
+                desc: str = '',                 # the progress bar's label, and the name in errors
+                rank: int = 0,                  # this process's rank under DDP
+                world: int = 1,                 # the number of ranks
+                progress: bool = True,          # show a progress bar
+                log_every: int = 20,            # steps between reads of the loss (each one waits for the device)
+                method: Method | None = None,   # told the epoch first (`on_epoch_start`: DKD's ramp)
+                ) -> dict:
     "One pass over the (shuffled, augmented) training set; the mean of each loss and the training accuracy."
     dev = torch.device(cfg.device)
     g = torch.Generator(dev).manual_seed(_epoch_seed(cfg.seed, epoch))   # on the data's device: no host copies
@@ -398,13 +420,6 @@ def train_epoch(step: Stepper, data: CIFAR100, cfg: TrainConfig, epoch: int, des
             bar.set_postfix(loss=f'{loss.item():.3f}', acc=f'{100 * correct.item() / seen:.1f}')
     bar.close()
     return {**{f'train_{k}': (v / seen).item() for k, v in sums.items()}, 'train_acc': 100 * correct.item() / seen}
-
-def _check_finite(step_loss: torch.Tensor, desc: str, epoch: int) -> None:
-    bad = (~torch.isfinite(step_loss)).nonzero()
-    if len(bad):
-        i = bad[0].item()
-        raise DivergedError(f'{desc or "training"}: the loss became {step_loss[i].item()} at epoch {epoch + 1}, step {i + 1}. '
-                            'Training stopped; no checkpoint was written from these weights (try a lower lr).')
 
 # %% ../nbs/00c_engine.ipynb #e37701ee
 def evaluate_epoch(student: nn.Module, data: CIFAR100, cfg: TrainConfig) -> dict:

@@ -100,10 +100,12 @@ def worker(argv: list[str] | None = None) -> None:
     if err is not None:
         Path(error_file).write_text(err); sys.exit(1)
 
+# %% ../nbs/90a_schedule.ipynb #b7c8d9e1
 def threads_per_job(slots: int, cores: int | None = None) -> int:
     "CPU threads for each of `slots` jobs running at once: the cores shared out, at least one."
     return max(1, (cores or os.cpu_count() or 1) // max(1, slots))
 
+# %% ../nbs/90a_schedule.ipynb #b7c8d9e3
 class LocalExecutor:
     "One process per job on this machine, each with its share of the CPU threads."
     def __init__(self, cap: dict[str | None, int] | None = None):
