@@ -88,8 +88,12 @@ def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, de
                 a_over_c=round(r['a_pipeline'] / r['c_dataloader'], 3), a_over_d=round(r['a_pipeline'] / r['d_anchors'], 3))
 
 # %% ../nbs/92_bench.ipynb #3b2c61f9
-def run_benchmark(widths=(1.0, 0.25), steps: int | None = None, data_dir: str | None = None, device: str | None = None,
-                  n_images: int = 10_000, modes=('off',)) -> list[dict]:
+def run_benchmark(widths=(1.0, 0.25),            # channel multipliers to measure
+                  steps: int | None = None,      # timed batches per figure (None: 8 at full width on a CPU, else 30)
+                  data_dir: str | None = None,   # the real CIFAR-100's folder (None: random CIFAR-shaped images)
+                  device: str | None = None,     # None: CUDA when available, else the CPU
+                  n_images: int = 10_000,        # training images the pipelines draw from
+                  modes=('off',)) -> list[dict]: # compile modes to measure
     "Print and return the benchmark's figures (random CIFAR-shaped images unless `data_dir` holds the real set)."
     import pandas as pd
     device = resolve_device(device)

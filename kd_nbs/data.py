@@ -170,8 +170,12 @@ def _check_balance(path: Path, y: np.ndarray, split: str):
         raise CIFARFormatError(f'{path}: expected {SPLIT_SIZES[split]} images, {expected} per class; found {len(y)}, '
                                f'{counts.min()}..{counts.max()} per class')
 
-def load_cifar100(data_dir=None, device='cpu', download: bool = True, strict: bool = True,
-                  verbose: bool = True) -> CIFAR100:
+def load_cifar100(data_dir=None,          # folder holding cifar-100-python/ (None: $KD_NBS_DATA, else the cache)
+                  device='cpu',           # where the uint8 images live (the GPU, for on-device augmentation)
+                  download: bool = True,  # fetch the archive when the folder has none
+                  strict: bool = True,    # refuse files that are not the official 50,000 + 10,000 images
+                  verbose: bool = True,   # print the folder, sizes and fingerprints
+                  ) -> CIFAR100:
     "Read, check and fingerprint CIFAR-100; images stay uint8 on `device`."
     root = ensure_cifar100(data_dir, download)
     folder, arrays, sha = root/'cifar-100-python', {}, {}

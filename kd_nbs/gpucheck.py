@@ -220,10 +220,20 @@ def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1, share_sp
                 per_stage_min={k: round(v / 60, 1) for k, v in parts.items()})
 
 # %% ../nbs/94_gpucheck.ipynb #4e5aa22b
-def gpu_check(out: str, device: str | None = None, width: float = 1.0, steps: int = 200, warmup: int = 10,
-              modes: list[str] | None = None, rows: list[str] | None = None, share: list[int] = (1, 2, 4),
-              share_seconds: float = 10.0, anchor_workers: int = 8, jobs: int | None = None, n_train: int = 50_000,
-              n_test: int = 10_000, log=print) -> dict:
+def gpu_check(out: str,                          # folder for gpu_check.json
+              device: str | None = None,         # None: CUDA when available, else the CPU
+              width: float = 1.0,                # channel multiplier (1: the paper's VGGs; the CPU test uses less)
+              steps: int = 200,                  # timed training steps per row
+              warmup: int = 10,                  # untimed steps first (compilation, CUDA-graph recording)
+              modes: list[str] | None = None,    # compile modes to time (None: all three on CUDA, 'off' on a CPU)
+              rows: list[str] | None = None,     # models to time (None: both teachers and the five students)
+              share: list[int] = (1, 2, 4),      # numbers of student trainings sharing the device
+              share_seconds: float = 10.0,       # how long each sharing measurement runs
+              anchor_workers: int = 8,           # DataLoader workers of the anchors' loop
+              jobs: int | None = None,           # measuring processes at once (None: 4 on CUDA, 1 on a CPU)
+              n_train: int = 50_000,             # training images (random CIFAR-shaped unless $KD_NBS_DATA)
+              n_test: int = 10_000,              # test images, likewise
+              log=print) -> dict:                # where progress lines go
     "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `out`."
     import pandas as pd
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')

@@ -230,8 +230,15 @@ def new_model(run: Run, arch: str = 'vgg11') -> VGG:
     return VGG(arch, width=run.width)
 
 # %% ../nbs/00d_runs.ipynb #5a6ed7e7
-def train(run: Run, model: VGG, method: Method, name: str, data: CIFAR100, teacher: VGG | None = None,
-          cfg: TrainConfig | None = None, record: dict | None = None, **kw) -> dict:
+def train(run: Run,                       # the notebook's validated parameters (`setup_run`)
+          model: VGG,                     # the student (or teacher) to train, in place
+          method: Method,                 # its objective
+          name: str,                      # file stem of its checkpoints and results (`student_name`, `teacher_name`)
+          data: CIFAR100,                 # the dataset (`load_data`)
+          teacher: VGG | None = None,     # frozen teacher of a distillation method
+          cfg: TrainConfig | None = None, # an adjusted copy of `run.cfg` (the colour fine-tune), else `run.cfg`
+          record: dict | None = None,     # more parameters to record with the result
+          **kw) -> dict:                  # passed to `fit` (`progress`, `resume_run`)
     "Train `model` with `method` for `run` (or an adjusted `cfg`); returns the engine's result dict."
     params = run.record(method=type(method).__name__, arch=model.arch, **(record or {}))
     return fit(model, method, data, cfg or run.cfg, run.out_dir, name, teacher=teacher, params=params, **kw)
