@@ -95,6 +95,7 @@ class CRD(Method):
         self.register_buffer('log_z', torch.zeros(2))            # log normalising constants...
         self.register_buffer('z_set', torch.tensor(False))       # ...set on the first batch
         self._z_checked = False      # this process has seen a batch: Z is set (a flag on the host, read without a sync)
+        self._pending = None         # this step's indices and embeddings, for the bank update after its backward
 
     @classmethod
     def between(cls, student: VGG, teacher: VGG, n_data: int, **kw) -> CRD:
@@ -116,19 +117,27 @@ class CRD(Method):
         self.log_z.copy_(torch.where(self.z_set, self.log_z, first)); self.z_set.fill_(True)
         self._z_checked = True
 
+    @torch.no_grad()
+    def after_step(self):
+        """The banks move towards this step's embeddings once its backward has run. A compiled backward may gather
+        the bank rows again instead of keeping the forward's copies, so updating them inside the step would give it
+        the new rows (the embedding heads then got other gradients than in eager mode)."""
+        if self._pending is None: return
+        idx, vs, vt = self._sync(*self._pending); self._pending = None
+        momentum_update(self.memory_s, idx, vs, self.momentum)
+        momentum_update(self.memory_t, idx, vt, self.momentum)
+
     def forward(self, student, teacher, labels, index):
         with torch.autocast(student.embedding.device.type, enabled=False):   # exp(·/τ) wants float32
             v_s = self.embed_s(student.embedding.float())
             v_t = self.embed_t(teacher.embedding.detach().float())
             negatives = torch.randint(0, self.n_data, (self.k_draw,), device=index.device)
             drop = self.labels[negatives][None, :] == labels[:, None] if self.labels is not None else None
-            # student vs teacher bank and vice versa (the gathers copy the rows before the update below)
+            # student vs teacher bank and vice versa
             s_pos, s_neg = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
             t_pos, t_neg = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
             if not self._z_checked: self._set_log_z((s_pos, s_neg), (t_pos, t_neg))
             loss = (nce_loss(s_pos, s_neg, self.log_z[0], self.n_data, drop)
                     + nce_loss(t_pos, t_neg, self.log_z[1], self.n_data, drop))
-            idx, vs, vt = self._sync(index, v_s.detach(), v_t.detach())
-            momentum_update(self.memory_s, idx, vs, self.momentum)
-            momentum_update(self.memory_t, idx, vt, self.momentum)
+            self._pending = (index, v_s.detach(), v_t.detach())     # the banks move in `after_step`
         return {'ce': F.cross_entropy(student.logits.float(), labels), 'crd': self.weight * loss}

@@ -36,6 +36,9 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         "Called before each epoch (0-based); the default does nothing."
 
+    def after_step(self) -> None:
+        "Called after each optimiser step, outside any compiled region; the default does nothing."
+
 class CrossEntropy(Method):
     "Plain supervised training: the teachers and the independent student (SI)."
     def forward(self, student, teacher, labels, index):
@@ -214,6 +217,11 @@ def _clone_out(out):
     if isinstance(out, VGGOutput): return VGGOutput(out.logits.clone(), [b.clone() for b in out.blocks], out.embedding.clone())
     return out.clone()
 
+def _trainable(model: nn.Module) -> nn.Module:
+    "The `Trainable` inside torch.compile's and DDP's wrappers."
+    model = getattr(model, '_orig_mod', model)
+    return getattr(model, 'module', model)
+
 def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, idx: torch.Tensor, amp: bool = False):
     "One SGD step of `model` (a `Trainable`, possibly in DDP); returns the student's outputs, the losses and their sum."
@@ -227,6 +235,7 @@ def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Opt
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    _trainable(model).method.after_step()
     return s_out, losses, loss
 
 # %% ../nbs/00c_engine.ipynb #f53b9252
@@ -485,5 +494,6 @@ def grads_finite_bf16(method: Method, student: VGG, teacher: VGG | None = None, 
         with torch.no_grad(): t = teacher.eval()(x, features=True) if teacher is not None else None
         losses = method(student(x, features=True), t, y, torch.arange(batch))
     sum(losses.values()).backward()
+    method.after_step()
     grads = [p.grad for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
     return all(g is not None and torch.isfinite(g).all().item() for g in grads)
