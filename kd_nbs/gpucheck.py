@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from .data import CIFAR100, NUM_CLASSES, load_cifar100
+from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['ROWS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'check_data', 'build_row', 'measure_row', 'measure_anchor',
-           'measure_share', 'sanity_run', 'run_jobs', 'best_rows', 'project_study', 'gpu_check', 'main']
+__all__ = ['ROWS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row', 'measure_row',
+           'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
+           'project_study', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -165,6 +166,30 @@ def sanity_run(out: str, mode: str, data: CIFAR100, device: str, width: float = 
                 cpu_vs_device_max_abs=round((on_cpu - on_dev).abs().max().item(), 5),
                 same_predictions=bool((on_cpu.argmax(1) == on_dev.argmax(1)).all()))
 
+# %% ../nbs/94_gpucheck.ipynb #c0e1a2b2
+EQUAL_RTOL = 1e-2   # TF32 convolutions and other kernel choices differ by ~1e-3; the CRD bug was a factor of 6
+
+def compiled_vs_eager(row: str, mode: str, data: CIFAR100, device: str, width: float = 1.0, steps: int = 2) -> dict:
+    "`steps` fp32 training steps of `row`, eager and compiled with `mode`: the largest relative difference of a loss."
+    import torch._inductor.config as inductor
+    idx = torch.arange(128, device=device)
+    x = normalize(data.train_x[idx], memory_format=torch.channels_last); y = data.train_y[idx]
+    def losses(m):
+        torch.manual_seed(0)
+        cfg = TrainConfig(device=device, channels_last=True, compile=m, drop_last=True)
+        student, method, teacher = build_row(row, width, len(data.train_y))
+        model = Trainable(student.to(device, memory_format=torch.channels_last), method.to(device))
+        step = Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), False, m)
+        out = []
+        for i in range(steps):
+            torch.manual_seed(i)                     # the same random draws in both
+            out.append({k: v.item() for k, v in step(x, y, idx)[1].items()})
+        return out, step.compiled
+    eager, _ = losses('off')
+    with inductor.patch(fallback_random=True): comp, compiled = losses(mode)
+    diff = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in zip(eager, comp) for k in a)
+    return dict(row=row, mode=mode, compiled=compiled, max_rel_diff=float(f'{diff:.2e}'), equal=diff <= EQUAL_RTOL)
+
 # %% ../nbs/94_gpucheck.ipynb #c7616ef3
 def _worker(spec: dict) -> dict:
     "Run one job of the check in this process (see `run_jobs`)."
@@ -178,6 +203,7 @@ def _worker(spec: dict) -> dict:
     if kind == 'anchor': return measure_anchor(spec['row'], spec['width'], spec['steps'], spec['warmup'], data, dev, spec['workers'], spec['lock'])
     if kind == 'share': return measure_share(spec['mode'], spec['width'], spec['seconds'], data, dev, spec['barrier'], spec['k'], spec['rank'])
     if kind == 'sanity': return sanity_run(spec['out'], spec['mode'], data, dev, spec['width'])
+    if kind == 'equal': return compiled_vs_eager(spec['row'], spec['mode'], data, dev, spec['width'])
     raise ValueError(f'unknown job kind {kind!r}')
 
 def run_jobs(specs: list[dict], jobs: int, log=print, record: Path | None = None) -> list[dict]:
@@ -233,6 +259,7 @@ def gpu_check(out: str,                          # folder for gpu_check.json
               jobs: int | None = None,           # measuring processes at once (None: 4 on CUDA, 1 on a CPU)
               n_train: int = 50_000,             # training images (random CIFAR-shaped unless $KD_NBS_DATA)
               n_test: int = 10_000,              # test images, likewise
+              equal: list[str] | None = None,    # rows to train compiled against eager (None: the distillation students)
               log=print) -> dict:                # where progress lines go
     "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `out`."
     import pandas as pd
@@ -272,6 +299,9 @@ def gpu_check(out: str,                          # folder for gpu_check.json
                             compile_threads=max(1, (os.cpu_count() or 2) // k)) for i in range(k)], k, log, record)
         shares[k] = dict(img_s=sum(r.get('img_s', 0) for r in rs), errors=[r['error'] for r in rs if 'error' in r])
     sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
+    equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
+    matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
+                        for r in (equal if equal is not None else ['lm', 'hints', 'crd', 'dkd'])], jobs, log, record)
     eval_s = best.get('si', {}).get('eval_s', 0.0)
     one_k = shares.get(1, {}).get('img_s') or 0
     speedups = {k: round(v['img_s'] / one_k, 2) for k, v in shares.items() if one_k and v['img_s']}
@@ -281,7 +311,8 @@ def gpu_check(out: str,                          # folder for gpu_check.json
                   f'3 seeds, {k_best} stages sharing the GPU': project_study(best, eval_s, 3, speedups.get(k_best, 1.0))}
     vs_anchor = {r: round(anchors[r]['step_ms'] / best[r]['step_ms'], 2) for r in anchors if r in best and 'step_ms' in anchors[r]}
     report = dict(env=env, rows=measured, anchors=list(anchors.values()), best={k: v['mode'] for k, v in best.items()},
-                  share=shares, share_speedup=speedups, share_mode=share_mode, sanity=sanity, speedup_vs_anchor=vs_anchor,
+                  share=shares, share_speedup=speedups, share_mode=share_mode, sanity=sanity, compiled_vs_eager=matches,
+                  speedup_vs_anchor=vs_anchor,
                   projection=projection, wall_s=round(time.time() - t_start, 1))
     (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
     table = pd.DataFrame([{k: r.get(k) for k in ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')}
@@ -291,6 +322,9 @@ def gpu_check(out: str,                          # folder for gpu_check.json
     log(f'{len(share)} processes sharing the device ({share_mode}): ' + ', '.join(f'{k}: {v["img_s"]} img/s' for k, v in shares.items()))
     log(f"bf16 sanity run: loss {sanity.get('train_loss')}, fell {sanity.get('loss_fell')}, finite {sanity.get('finite')}, "
         f"checkpoint loads on the CPU {sanity.get('cpu_load')}, same predictions {sanity.get('same_predictions')} {sanity.get('error', '')}")
+    log(f'compiled ({equal_mode}) against eager, 2 fp32 steps, largest relative loss difference: '
+        + ', '.join(f"{r.get('row')} {r.get('max_rel_diff', r.get('error'))}" for r in matches)
+        + f"; all within {EQUAL_RTOL}: {all(r.get('equal') for r in matches)}")
     for k, v in projection.items(): log(f'projected paper study, {k}: {v["minutes"]} min' + (f' (missing {v["missing"]})' if v['missing'] else ''))
     log(f'check took {report["wall_s"]} s; figures in {out/"gpu_check.json"}')
     return report
@@ -313,13 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--jobs', type=int, default=None, help='rows prepared (compiled) at once; timing is one at a time')
     p.add_argument('--n-train', type=int, default=50_000)
     p.add_argument('--n-test', type=int, default=10_000)
+    p.add_argument('--equal', nargs='*', default=None, choices=list(ROWS), help='rows to train compiled against eager (default: the distillation students)')
     a = p.parse_args(argv)
     if a.job:
         print(json.dumps(_worker(json.loads(a.job))), flush=True); return 0
     if a.steps < 1 or a.warmup < 1: print('kd-nbs gpu-check: --steps and --warmup must be positive', file=sys.stderr); return 2
     try:
         gpu_check(a.out, a.device, a.width, a.steps, a.warmup, a.modes, a.rows, a.share, a.share_seconds, a.anchor_workers,
-                  a.jobs, a.n_train, a.n_test)
+                  a.jobs, a.n_train, a.n_test, a.equal)
     except ValueError as e:
         print(f'kd-nbs gpu-check: {e}', file=sys.stderr); return 2
     return 0

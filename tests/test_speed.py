@@ -79,7 +79,7 @@ def test_cuda_only_options_are_refused_on_the_cpu():
 def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     out = tmp_path/'gc'
     args = ('--device cpu --width 0.0625 --steps 2 --warmup 1 --n-train 512 --n-test 256 --share 1 2 '
-            '--share-seconds 1 --anchor-workers 0')
+            '--share-seconds 1 --anchor-workers 0 --equal crd')
     env = {k: v for k, v in os.environ.items() if k != 'KD_NBS_DATA'}
     r = subprocess.run(['make', '-s', 'gpu-check', f'PYTHON={sys.executable}', f'GPU_OUT={out}', f'GPU_CHECK_ARGS={args}'],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
@@ -89,6 +89,8 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     assert all(x['epoch_s'] > 0 and 'error' not in x for x in report['rows'])
     assert {a['row'] for a in report['anchors']} == {'si', 'lm'} and all(a['img_s'] > 0 for a in report['anchors'])
     assert set(report['share']) == {'1', '2'} and all(v['img_s'] > 0 for v in report['share'].values())
+    (eq,) = report['compiled_vs_eager']                     # CRD trained compiled gives the eager losses
+    assert eq['row'] == 'crd' and eq['compiled'] and eq['equal'], eq
     s = report['sanity']
     assert s['finite'] and s['cpu_load'] and s['same_predictions'], s
     p = report['projection']['1 seed, one stage at a time']
