@@ -15,8 +15,8 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['ROWS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row', 'measure_row',
-           'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
+__all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row',
+           'measure_row', 'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
            'project_study', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
@@ -35,6 +35,7 @@ ROWS: dict[str, tuple] = {
     'teacher_vgg16': ('vgg16', None, _ce), 'teacher_vgg19': ('vgg19', None, _ce), 'si': ('vgg11', None, _ce),
     'lm': ('vgg11', 'vgg16', _lm), 'lm_vgg19': ('vgg11', 'vgg19', _lm), 'hints': ('vgg11', 'vgg16', _hints),
     'crd': ('vgg11', 'vgg16', _crd), 'dkd': ('vgg11', 'vgg16', _dkd)}
+DISTILLERS = [r for r, (_, teacher, _) in ROWS.items() if teacher == 'vgg16']   # one row per distillation method
 
 # The paper study, one seed: (what, epochs, the row whose epoch time it costs). LS costs what SI costs (label
 # smoothing is one more elementwise op), CRD from the colour-invariant teacher what CRD costs, the colour fine-tune
@@ -170,11 +171,12 @@ def sanity_run(out: str, mode: str, data: CIFAR100, device: str, width: float = 
 EQUAL_RTOL = 1e-2   # TF32 convolutions and other kernel choices differ by ~1e-3; the CRD bug was a factor of 6
 
 def compiled_vs_eager(row: str, mode: str, data: CIFAR100, device: str, width: float = 1.0, steps: int = 2) -> dict:
-    "`steps` fp32 training steps of `row`, eager and compiled with `mode`: the largest relative difference of a loss."
+    """`steps` fp32 training steps of `row`, eager and compiled with `mode`, from the same weights and batch: the largest
+    relative difference of a loss, and the largest difference of a trained weight (student and method) afterwards."""
     import torch._inductor.config as inductor
     idx = torch.arange(128, device=device)
     x = normalize(data.train_x[idx], memory_format=torch.channels_last); y = data.train_y[idx]
-    def losses(m):
+    def train(m):
         torch.manual_seed(0)
         cfg = TrainConfig(device=device, channels_last=True, compile=m, drop_last=True)
         student, method, teacher = build_row(row, width, len(data.train_y))
@@ -184,11 +186,13 @@ def compiled_vs_eager(row: str, mode: str, data: CIFAR100, device: str, width: f
         for i in range(steps):
             torch.manual_seed(i)                     # the same random draws in both
             out.append({k: v.item() for k, v in step(x, y, idx)[1].items()})
-        return out, step.compiled
-    eager, _ = losses('off')
-    with inductor.patch(fallback_random=True): comp, compiled = losses(mode)
+        return out, step.compiled, list(model.parameters())
+    eager, _, w_eager = train('off')
+    with inductor.patch(fallback_random=True): comp, compiled, w_comp = train(mode)   # draws from torch's generator
     diff = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in zip(eager, comp) for k in a)
-    return dict(row=row, mode=mode, compiled=compiled, max_rel_diff=float(f'{diff:.2e}'), equal=diff <= EQUAL_RTOL)
+    w_diff = max((a - b).abs().max().item() for a, b in zip(w_eager, w_comp))
+    return dict(row=row, mode=mode, compiled=compiled, max_rel_diff=float(f'{diff:.2e}'),
+                max_weight_diff=float(f'{w_diff:.2e}'), equal=diff <= EQUAL_RTOL)
 
 # %% ../nbs/94_gpucheck.ipynb #c7616ef3
 def _worker(spec: dict) -> dict:
@@ -301,7 +305,7 @@ def gpu_check(out: str,                          # folder for gpu_check.json
     sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
     equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
     matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
-                        for r in (equal if equal is not None else ['lm', 'hints', 'crd', 'dkd'])], jobs, log, record)
+                        for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
     eval_s = best.get('si', {}).get('eval_s', 0.0)
     one_k = shares.get(1, {}).get('img_s') or 0
     speedups = {k: round(v['img_s'] / one_k, 2) for k, v in shares.items() if one_k and v['img_s']}
