@@ -20,9 +20,9 @@ from .models import VGG, VGGOutput
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
            'write_text_atomic', 'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable',
-           'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'predict', 'accuracy',
-           'params_diff', 'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch',
-           'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
+           'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict',
+           'accuracy', 'params_diff', 'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume',
+           'steps_per_epoch', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00c_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -280,6 +280,16 @@ class Stepper:
         self.steps += 1
         return out
 
+# %% ../nbs/00c_engine.ipynb #thr00002
+def adopt_threads() -> int:
+    "Take the CPU threads offered in `$KD_NBS_THREADS_FILE` (a positive integer), if any; the threads in use."
+    path = os.environ.get('KD_NBS_THREADS_FILE')
+    if path:
+        try: n = int(Path(path).read_text().strip() or 0)
+        except (OSError, ValueError): n = 0          # not written yet, or being rewritten: ask again later
+        if n > 0 and n != torch.get_num_threads(): torch.set_num_threads(n)
+    return torch.get_num_threads()
+
 # %% ../nbs/00c_engine.ipynb #4b44709a
 @torch.no_grad()
 def predict(model: nn.Module,                 # any network returning logits; evaluated in eval mode, then restored
@@ -300,6 +310,7 @@ def predict(model: nn.Module,                 # any network returning logits; ev
     out = []
     for i, start in enumerate(range(0, len(images), batch_size)):
         if max_batches is not None and i >= max_batches: break
+        if i % 10 == 0: adopt_threads()
         xb = images[start:start + batch_size].to(device)
         n = len(xb)
         if static and n < batch_size: xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))])
@@ -425,7 +436,7 @@ def train_epoch(step: Stepper,                  # the training step (student, te
         for k, v in losses.items(): sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
         correct += (s_out.logits.argmax(1) == y).sum(); seen += len(y)
         if i % log_every == 0 or i == steps - 1:
-            _check_finite(step_loss[:i + 1], desc, epoch)
+            _check_finite(step_loss[:i + 1], desc, epoch); adopt_threads()
             bar.set_postfix(loss=f'{loss.item():.3f}', acc=f'{100 * correct.item() / seen:.1f}')
     bar.close()
     return {**{f'train_{k}': (v / seen).item() for k, v in sums.items()}, 'train_acc': 100 * correct.item() / seen}

@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
+from .stages import STAGES
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
 __all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row',
            'measure_row', 'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
-           'project_study', 'gpu_check', 'main']
+           'project_study', 'measure_sharing', 'summarize_check', 'print_report', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -45,7 +46,7 @@ PAPER_STUDY = [('Teacher VGG-16', 200, 'teacher_vgg16'), ('Teacher VGG-19', 200,
                ('Hints', 200, 'hints'), ('CRD', 200, 'crd'), ('LS', 200, 'si'), ('DKD', 200, 'dkd'),
                ('LM from VGG-19', 200, 'lm_vgg19'), ('CRD from the colour-invariant teacher', 200, 'crd')]
 STUDY_EVALS = 40        # test-set passes of the studies: KL 8, colour 2x11 plus the jittered set, capacity, Grad-CAM
-STAGE_OVERHEAD_S = 20   # per notebook: kernel start, imports, reading CIFAR-100 (measured 10-20 s on our CPUs)
+STAGE_OVERHEAD_S = 20   # per stage (papermill run): kernel start, imports, reading CIFAR-100 (measured 10-20 s on our CPUs)
 
 # %% ../nbs/94_gpucheck.ipynb #69c1e85d
 def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_dir: str | None = None,
@@ -245,9 +246,63 @@ def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1, share_sp
     "Projected wall time of the paper study from per-epoch times: trainings, study evaluations, notebook overheads."
     parts = {what: epochs * best[row]['epoch_s'] for what, epochs, row in PAPER_STUDY if row in best}
     missing = [what for what, _, row in PAPER_STUDY if row not in best]
-    total = sum(parts.values()) + STUDY_EVALS * eval_s + (len(PAPER_STUDY) + 4) * STAGE_OVERHEAD_S
+    total = sum(parts.values()) + STUDY_EVALS * eval_s + len(STAGES) * STAGE_OVERHEAD_S
     return dict(seeds=seeds, minutes=round(seeds * total / 60 / share_speedup, 1), missing=missing,
                 per_stage_min={k: round(v / 60, 1) for k, v in parts.items()})
+
+# %% ../nbs/94_gpucheck.ipynb #c1d2e3f1
+def measure_sharing(base: dict,              # the job fields every measurement shares (device, width, data sizes)
+                    share: list[int],        # numbers of trainings sharing the device
+                    mode: str,               # their compile mode
+                    seconds: float,          # how long each measurement counts images
+                    work: Path,              # a scratch folder for the barriers
+                    log=print, record: Path | None = None) -> dict[int, dict]:
+    "For each `k` in `share`: the images/s of `k` SI trainings, each its own process, counted together once all are warm."
+    shares = {}
+    for k in share:
+        barrier = work/f'barrier{k}'; barrier.mkdir(exist_ok=True)
+        for f in barrier.glob('*'): f.unlink()
+        rs = run_jobs([dict(base, kind='share', mode=mode, seconds=seconds, barrier=str(barrier), k=k, rank=i,
+                            compile_threads=max(1, (os.cpu_count() or 2) // k)) for i in range(k)], k, log, record)
+        shares[k] = dict(img_s=sum(r.get('img_s', 0) for r in rs), errors=[r['error'] for r in rs if 'error' in r])
+    return shares
+
+# %% ../nbs/94_gpucheck.ipynb #c1d2e3f2
+def summarize_check(measured: list[dict], anchors: list[dict], shares: dict[int, dict]) -> dict:
+    """The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and the projected
+    paper study (one seed and three, one stage at a time, and three seeds with the best number of stages sharing)."""
+    best = best_rows(measured)
+    eval_s = best.get('si', {}).get('eval_s', 0.0)
+    one = shares.get(1, {}).get('img_s') or 0
+    speedups = {k: round(v['img_s'] / one, 2) for k, v in shares.items() if one and v['img_s']}
+    k_best = max(speedups, key=speedups.get) if speedups else 1
+    projection = {'1 seed, one stage at a time': project_study(best, eval_s),
+                  '3 seeds, one stage at a time': project_study(best, eval_s, 3),
+                  f'3 seeds, {k_best} stages sharing the GPU': project_study(best, eval_s, 3, speedups.get(k_best, 1.0))}
+    vs_anchor = {a['row']: round(a['step_ms'] / best[a['row']]['step_ms'], 2) for a in anchors
+                 if a.get('row') in best and 'step_ms' in a}
+    return dict(best={k: v['mode'] for k, v in best.items()}, share_speedup=speedups, speedup_vs_anchor=vs_anchor,
+                projection=projection)
+
+# %% ../nbs/94_gpucheck.ipynb #c1d2e3f4
+def print_report(report: dict, log=print) -> None:
+    "The check's table (every row and the anchors), then sharing, the sanity run, compiled against eager and the projections."
+    import pandas as pd
+    cols = ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')
+    log('\n' + pd.DataFrame([{k: r.get(k) for k in cols} for r in report['rows'] + report['anchors']]).to_string(index=False))
+    log(f"\nour pipeline vs the anchors' loop (step time ratio): {report['speedup_vs_anchor']}")
+    log(f"{len(report['share'])} processes sharing the device ({report['share_mode']}): "
+        + ', '.join(f'{k}: {v["img_s"]} img/s' for k, v in report['share'].items()))
+    s = report['sanity']
+    log(f"bf16 sanity run: loss {s.get('train_loss')}, fell {s.get('loss_fell')}, finite {s.get('finite')}, "
+        f"checkpoint loads on the CPU {s.get('cpu_load')}, same predictions {s.get('same_predictions')} {s.get('error', '')}")
+    m = report['compiled_vs_eager']
+    log(f"compiled ({report['equal_mode']}) against eager, 2 fp32 steps, largest relative loss difference: "
+        + ', '.join(f"{r.get('row')} {r.get('max_rel_diff', r.get('error'))}" for r in m)
+        + f"; all within {EQUAL_RTOL}: {all(r.get('equal') for r in m)}")
+    for k, v in report['projection'].items():
+        log(f'projected paper study, {k}: {v["minutes"]} min' + (f' (missing {v["missing"]})' if v['missing'] else ''))
+    log(f'check took {report["wall_s"]} s')
 
 # %% ../nbs/94_gpucheck.ipynb #4e5aa22b
 def gpu_check(out: str,                          # folder for gpu_check.json
@@ -266,13 +321,11 @@ def gpu_check(out: str,                          # folder for gpu_check.json
               equal: list[str] | None = None,    # rows to train compiled against eager (None: the distillation students)
               log=print) -> dict:                # where progress lines go
     "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `out`."
-    import pandas as pd
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     cuda = device.startswith('cuda')
-    if device.startswith('cuda') and not torch.cuda.is_available(): raise ValueError(f'device={device!r}: no CUDA GPU here')
+    if cuda and not torch.cuda.is_available(): raise ValueError(f'device={device!r}: no CUDA GPU here')
     modes = modes or (list(COMPILE_MODES) if cuda else ['off'])
-    bad = [m for m in modes if m not in COMPILE_MODES]
-    if bad: raise ValueError(f'modes {bad}: choose from {COMPILE_MODES}')
+    if bad := [m for m in modes if m not in COMPILE_MODES]: raise ValueError(f'modes {bad}: choose from {COMPILE_MODES}')
     rows = rows or list(ROWS)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     work, record = Path(tempfile.mkdtemp(prefix='kd_nbs_gpucheck_')), out/'gpu_check_jobs.jsonl'   # lock, barriers, checkpoints
@@ -280,10 +333,9 @@ def gpu_check(out: str,                          # folder for gpu_check.json
     jobs = jobs or (4 if cuda else 1)
     base = dict(device=device, width=width, n_train=n_train, n_test=n_test, lock=str(work/'timing.lock'),
                 compile_threads=max(1, (os.cpu_count() or 2) // jobs))
-    gpu = torch.cuda.get_device_name() if cuda else None
-    env = dict(device=device, gpu=gpu, torch=torch.__version__, python=sys.version.split()[0], cpus=os.cpu_count(),
-               data='random CIFAR-shaped' if not os.environ.get('KD_NBS_DATA') else os.environ['KD_NBS_DATA'])
-    log(f"GPU check on {gpu or device}: torch {env['torch']}, width {width}, batch 128, {steps} timed steps per row")
+    env = dict(device=device, gpu=torch.cuda.get_device_name() if cuda else None, torch=torch.__version__,
+               python=sys.version.split()[0], cpus=os.cpu_count(), data=os.environ.get('KD_NBS_DATA') or 'random CIFAR-shaped')
+    log(f"GPU check on {env['gpu'] or device}: torch {env['torch']}, width {width}, batch 128, {steps} timed steps per row")
     t_start = time.time()
     order = sorted(modes, key=lambda m: {'default': 0, 'reduce-overhead': 1, 'off': 2}[m])   # compiles first, eager last
     specs = [dict(base, kind='row', row=r, mode=m, steps=steps, warmup=warmup) for m in order for r in rows]
@@ -291,46 +343,20 @@ def gpu_check(out: str,                          # folder for gpu_check.json
               for r in ('si', 'lm') if r in rows]
     results = run_jobs(specs, jobs, log, record)
     measured = [r for r in results if r.get('mode') != 'anchor']
-    anchors = {r['row']: r for r in results if r.get('mode') == 'anchor'}
-    best = best_rows(measured)
+    anchors = [r for r in results if r.get('mode') == 'anchor']
     si_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'si' and 'epoch_s' in r}
-    share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'
-    shares = {}
-    for k in share:
-        barrier = work/f'barrier{k}'; barrier.mkdir(exist_ok=True)
-        for f in barrier.glob('*'): f.unlink()
-        rs = run_jobs([dict(base, kind='share', mode=share_mode, seconds=share_seconds, barrier=str(barrier), k=k, rank=i,
-                            compile_threads=max(1, (os.cpu_count() or 2) // k)) for i in range(k)], k, log, record)
-        shares[k] = dict(img_s=sum(r.get('img_s', 0) for r in rs), errors=[r['error'] for r in rs if 'error' in r])
+    share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'     # the fastest way to train SI
+    shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
     sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
     equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
     matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
                         for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
-    eval_s = best.get('si', {}).get('eval_s', 0.0)
-    one_k = shares.get(1, {}).get('img_s') or 0
-    speedups = {k: round(v['img_s'] / one_k, 2) for k, v in shares.items() if one_k and v['img_s']}
-    k_best = max(speedups, key=speedups.get) if speedups else 1
-    projection = {'1 seed, one stage at a time': project_study(best, eval_s),
-                  '3 seeds, one stage at a time': project_study(best, eval_s, 3),
-                  f'3 seeds, {k_best} stages sharing the GPU': project_study(best, eval_s, 3, speedups.get(k_best, 1.0))}
-    vs_anchor = {r: round(anchors[r]['step_ms'] / best[r]['step_ms'], 2) for r in anchors if r in best and 'step_ms' in anchors[r]}
-    report = dict(env=env, rows=measured, anchors=list(anchors.values()), best={k: v['mode'] for k, v in best.items()},
-                  share=shares, share_speedup=speedups, share_mode=share_mode, sanity=sanity, compiled_vs_eager=matches,
-                  speedup_vs_anchor=vs_anchor,
-                  projection=projection, wall_s=round(time.time() - t_start, 1))
+    report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity,
+                  compiled_vs_eager=matches, equal_mode=equal_mode, **summarize_check(measured, anchors, shares),
+                  wall_s=round(time.time() - t_start, 1))
     (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
-    table = pd.DataFrame([{k: r.get(k) for k in ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')}
-                          for r in measured + list(anchors.values())])
-    log('\n' + table.to_string(index=False))
-    log(f'\nour pipeline vs the anchors\' loop (step time ratio): {vs_anchor}')
-    log(f'{len(share)} processes sharing the device ({share_mode}): ' + ', '.join(f'{k}: {v["img_s"]} img/s' for k, v in shares.items()))
-    log(f"bf16 sanity run: loss {sanity.get('train_loss')}, fell {sanity.get('loss_fell')}, finite {sanity.get('finite')}, "
-        f"checkpoint loads on the CPU {sanity.get('cpu_load')}, same predictions {sanity.get('same_predictions')} {sanity.get('error', '')}")
-    log(f'compiled ({equal_mode}) against eager, 2 fp32 steps, largest relative loss difference: '
-        + ', '.join(f"{r.get('row')} {r.get('max_rel_diff', r.get('error'))}" for r in matches)
-        + f"; all within {EQUAL_RTOL}: {all(r.get('equal') for r in matches)}")
-    for k, v in projection.items(): log(f'projected paper study, {k}: {v["minutes"]} min' + (f' (missing {v["missing"]})' if v['missing'] else ''))
-    log(f'check took {report["wall_s"]} s; figures in {out/"gpu_check.json"}')
+    print_report(report, log)
+    log(f'figures in {out/"gpu_check.json"}')
     return report
 
 # %% ../nbs/94_gpucheck.ipynb #e7c103d0

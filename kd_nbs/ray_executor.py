@@ -81,7 +81,7 @@ class RayExecutor:
         "What the scheduler may run at once: `per_gpu` per GPU of the cluster (Ray picks the GPU), else `per_gpu`."
         return {'ray': self.gpus * self.per_gpu} if self.gpus else {'ray': self.per_gpu}
 
-    def submit(self, job: Job, gpu: str | None) -> object:
+    def submit(self, job: Job, gpu: str | None, sharing: int = 1) -> object:   # Ray shares out the CPUs itself
         need = dict(num_gpus=1 / self.per_gpu) if self.gpus else dict(num_cpus=1)
         return self.task.options(**need, name=job.key).remote(job)
 
@@ -94,6 +94,8 @@ class RayExecutor:
             except Exception as e:           # the task itself died (node lost, worker killed)
                 out.append((keys[ref], f'stage {keys[ref]}: its Ray task failed: {" ".join(str(e).split())[:300]}'))
         return out
+
+    def alone(self, handle: object) -> bool: return False      # Ray shares out the CPUs itself
 
     def close(self) -> None:
         if self.owned: self.ray.shutdown()

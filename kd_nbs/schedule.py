@@ -75,17 +75,19 @@ def run_job(job: Job, gpu: str | None) -> str | None:
 class Executor(Protocol):
     "Runs jobs somewhere: `submit` starts one on a slot, `wait` returns `(key, error or None)` of those that ended."
     def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: ...   # the slots it can honour
-    def submit(self, job: Job, gpu: str | None) -> object: ...
+    def submit(self, job: Job, gpu: str | None, sharing: int = 1) -> object: ...   # sharing: jobs running at once, this one included
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]: ...
+    def alone(self, handle: object) -> bool: ...   # its job runs alone, and nothing starts before it ends: give it every core
     def close(self) -> None: ...
 
 # %% ../nbs/90a_schedule.ipynb #d5bd96f6
 class InlineExecutor:
     "Each job runs in this process, to its end, when submitted (one slot)."
     def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
-    def submit(self, job: Job, gpu: str | None) -> object: return run_job(job, gpu)
+    def submit(self, job: Job, gpu: str | None, sharing: int = 1) -> object: return run_job(job, gpu)
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
         return list(handles.items())
+    def alone(self, handle: object) -> bool: return False
     def close(self) -> None: pass
 
 # %% ../nbs/90a_schedule.ipynb #016cb3b5
@@ -109,24 +111,32 @@ def threads_per_job(slots: int, cores: int | None = None) -> int:
 class LocalExecutor:
     "One process per job on this machine, each with its share of the CPU threads."
     def __init__(self, cap: dict[str | None, int] | None = None):
+        self.slots_total = sum((cap or {None: 1}).values())
+
+    def threads(self, sharing: int) -> int:
+        "Threads of a job started while `sharing` jobs run (itself included), never more than the slots allow."
         # k stages at once, each with all the cores' threads, oversubscribe the CPU: torch's OpenMP threads then wait
-        # on each other (two quick-preset students on 2 cores went 8x slower). An OMP_NUM_THREADS set by the user wins.
-        self.threads = threads_per_job(sum((cap or {None: 1}).values()))
+        # on each other (two quick-preset students on 2 cores went 8x slower). But a stage that starts alone (the
+        # scheduler has nothing else ready) gets every core: nothing can start beside it until it ends.
+        return threads_per_job(min(max(1, sharing), self.slots_total))
 
     def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
 
-    def submit(self, job: Job, gpu: str | None) -> object:
+    def submit(self, job: Job, gpu: str | None, sharing: int = 1) -> object:
         import pickle, subprocess
         base = job.out_dir/'.stages'/job.stage.name
         err, job_file, log = base.with_suffix('.error'), base.with_suffix('.job.pkl'), job.out_dir/'logs'/f'{job.stage.name}.log'
         for p in (err, log): p.parent.mkdir(parents=True, exist_ok=True)
         err.unlink(missing_ok=True); job_file.write_bytes(pickle.dumps(job))
-        env = {'OMP_NUM_THREADS': str(self.threads), **os.environ}
+        threads, offer = self.threads(sharing), None
+        env = {'OMP_NUM_THREADS': str(threads), **os.environ}   # an OMP_NUM_THREADS set by the user wins, now and later
+        if 'OMP_NUM_THREADS' not in os.environ:                  # where `alone` offers more (`engine.adopt_threads`)
+            offer = base.with_suffix('.threads'); offer.write_text(str(threads)); env['KD_NBS_THREADS_FILE'] = str(offer)
         with open(log, 'ab') as out:          # the stage's own output (and its kernel's), not the suite's terminal
             p = subprocess.Popen([sys.executable, '-c', 'from kd_nbs.schedule import worker; worker()', str(job_file),
                                   '-' if gpu is None else str(gpu), str(err), str(os.getpid())],
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        return p, err, log, job_file
+        return p, err, log, job_file, offer
 
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
         end = time.time() + timeout
@@ -135,11 +145,18 @@ class LocalExecutor:
             if ended or time.time() >= end: break
             time.sleep(0.2)
         out = []
-        for k, p, err, log, job_file in ended:
+        for k, p, err, log, job_file, offer in ended:
             msg = None if p.returncode == 0 else (err.read_text() if err.exists() else
                                                    f'stage {k} ended with exit code {p.returncode} (killed, or out of memory?); see {log}')
-            err.unlink(missing_ok=True); job_file.unlink(missing_ok=True); out.append((k, msg))
+            for f in (err, job_file, offer): f and f.unlink(missing_ok=True)
+            out.append((k, msg))
         return out
+
+    def alone(self, handle: object) -> bool:
+        "Offer the job every core (it takes them within a few steps); False when the user fixed the threads."
+        offer = handle[-1]
+        if offer is None or self.threads(1) <= int(offer.read_text() or 0): return False
+        offer.write_text(str(self.threads(1))); return True
 
     def close(self) -> None: pass
 
@@ -251,7 +268,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
     todo = dict(by_key)
     out: dict[str, Outcome] = {}
     running: dict[str, tuple[object, str | None, float]] = {}
-    load = {g: 0 for g in cap}
+    load, alone = {g: 0 for g in cap}, set()
     say = progress.event if progress else (lambda m: print(m, flush=True))
     while todo or running:
         for k in list(todo):
@@ -260,17 +277,22 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
                 say(f'{label(by_key[k])}: not run, {", ".join(bad)} failed')
         for k in list(todo):
             if not all(d in out for d in deps[k]): continue
-            j = todo[k]
+            j, ready = todo[k], sum(all(d in out for d in deps[x]) for x in todo)   # this one and the others that could start
             if is_done(j):
                 out[k] = Outcome('skipped'); del todo[k]; say(f'{label(j)}: done already, skipped'); continue
             if (gpu := _slot(load, cap)) is False: break
             del todo[k]; load[gpu] += 1
             if progress: progress.running[k] = (j, gpu, time.time())
             say(f'{label(j)}: running' + (f' on {slot_name(gpu)}' if gpu is not None else '') + '…')
-            running[k] = (executor.submit(j, gpu), gpu, time.time())
+            t0 = time.time()                        # before submit: an inline executor returns when the job has ended
+            running[k] = (executor.submit(j, gpu, sharing=len(running) + ready), gpu, t0)
         if not running:
             if todo: raise RuntimeError(f'no job can start: {sorted(todo)} wait on each other')
             break
+        if len(running) == 1 and not any(all(d in out for d in deps[x]) for x in todo):   # one job left, nothing ready
+            (k, (h, _, _)), = running.items()
+            if k not in alone and executor.alone(h): say(f'{label(by_key[k])}: running alone now, on every core')
+            alone.add(k)
         for k, err in executor.wait({k: h for k, (h, _, _) in running.items()}, timeout=1.0):
             _, gpu, t0 = running.pop(k); load[gpu] -= 1
             if progress: progress.running.pop(k, None)

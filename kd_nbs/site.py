@@ -118,7 +118,8 @@ def build_site(run_dir: str | Path,                  # a `kd-nbs run` folder, wi
     book = run_dir/'book'
     if book.exists(): shutil.rmtree(book)
     (book/'notebooks').mkdir(parents=True)
-    notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'))
+    stage_order = {name: i for i, name in enumerate(REPORT_TITLES)}     # within a notebook number (09_color's parts): the table's order
+    notebooks = sorted(seed_dir.glob('[0-9][0-9]_*.ipynb'), key=lambda p: (p.name[:2], stage_order.get(p.name, len(stage_order)), p.name))
     for nb in notebooks:            # the reader's copy: each with its stage's title, without the scaffolding
         (book/'notebooks'/nb.name).write_text(json.dumps(reader_notebook(json.loads(nb.read_text()), REPORT_TITLES.get(nb.name))))
     figures = draw_figures(summary.get('per_seed', {}), seed_dirs, book)

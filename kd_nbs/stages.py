@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 # %% auto #0
 __all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'REPORT_TITLES', 'Model', 'Stage',
-           'stage', 'producer', 'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
+           'stage', 'stages_named', 'producer', 'depends_on', 'teacher_name', 'student_name', 'display_name',
+           'teacher_command']
 
 # %% ../nbs/00e_stages.ipynb #5017bd7b
 @dataclass(frozen=True)
@@ -30,11 +31,14 @@ class Stage:
     tables: tuple[str, ...] = ()     # the other files it writes
     reads: tuple[str, ...] = ()      # model names it needs from earlier stages
     params: dict = field(default_factory=dict, hash=False)   # fixed notebook parameters
+    group: str | None = None         # a name `--set`/`--only` also accept, for every stage of the group
 
     @property
     def report(self) -> str:
-        "The executed notebook's file name in the run folder: `03_lm.ipynb`, `01_teacher_vgg19.ipynb`."
-        return self.notebook.removesuffix('.ipynb') + (f'_{self.params["arch"]}' if 'arch' in self.params else '') + '.ipynb'
+        "The executed notebook's file name: the notebook's, plus what the stage's name adds to it (`teacher_vgg19` → `01_teacher_vgg19.ipynb`)."
+        stem = self.notebook.removesuffix('.ipynb')
+        base = stem.split('_', 1)[-1]                                    # 01_teacher → teacher
+        return stem + (self.name[len(base):] if self.name.startswith(base + '_') else '') + '.ipynb'
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -53,20 +57,24 @@ _ALL_STUDENTS = tuple(f'student_{m}' for m in STUDENT_METHODS) + ('student_lm_fr
 STAGES: tuple[Stage, ...] = (
     Stage('teacher_vgg16', '01_teacher.ipynb', 'Teacher VGG-16', (Model(T16, 'Teacher VGG-16', arch='vgg16'),), params={'arch': 'vgg16'}),
     Stage('teacher_vgg19', '01_teacher.ipynb', 'Teacher VGG-19', (Model(T19, 'Teacher VGG-19', arch='vgg19'),), params={'arch': 'vgg19'}),
+    # The colour study in two stages of one notebook: its training needs only VGG-16, so it runs beside the students
+    # (listed early: it is the longest student-side stage); its measurement reads every model, so it comes last.
+    Stage('color_train', '09_color.ipynb', 'Colour invariance: the colour-invariant teacher and its CRD student',
+          (Model(TCI, 'Teacher VGG-16 (colour-invariant)', arch='vgg16'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
+          reads=(T16,), params={'part': 'train'}, group='color'),
     *(Stage(m, f'0{i}_{m}.ipynb', _TITLES[m],
             (Model(f'student_{m}', _LABELS[m], m, None if m in _NO_TEACHER else 'vgg16'),),
             reads=() if m in _NO_TEACHER else (T16,)) for i, m in enumerate(STUDENT_METHODS, 2)),
     Stage('capacity', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16',
           (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), ('capacity.csv',), (T16, T19, 'student_lm')),
-    Stage('color', '09_color.ipynb', 'Colour invariance',
-          (Model(TCI, 'Teacher VGG-16 (colour-invariant)', arch='vgg16'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
-          ('color.csv',), (T16, T19, *(f'student_{m}' for m in STUDENT_METHODS), 'student_lm_from_vgg19')),
+    Stage('color_study', '09_color.ipynb', 'Colour invariance: what colour jitter costs each model', (), ('color.csv',),
+          (T16, T19, TCI, *_ALL_STUDENTS), params={'part': 'study'}, group='color'),
     Stage('kl', '08_kl.ipynb', 'KL ranking: which student approximates the teacher best', (), ('kl.csv',), (T16, *_ALL_STUDENTS)),
     Stage('gradcam', '11_gradcam.ipynb', 'Grad-CAM: where the models look', (),
           ('distillation_grad_cam_comparison.png', 'cam_similarity.csv'), (T16, 'student_si', 'student_lm', 'student_hints', 'student_crd')),
 )
 MODELS: dict[str, Model] = {m.name: m for s in STAGES for m in s.models}
-TEACHER_STAGES = {'vgg16': 'teacher_vgg16', 'vgg19': 'teacher_vgg19', 'color_invariant': 'color'}   # teacher= values
+TEACHER_STAGES = {'vgg16': 'teacher_vgg16', 'vgg19': 'teacher_vgg19', 'color_invariant': 'color_train'}   # teacher= values
 REPORT_TITLES: dict[str, str] = {s.report: s.title for s in STAGES}   # executed notebook → page title
 
 # %% ../nbs/00e_stages.ipynb #3a601a7f
@@ -75,6 +83,12 @@ def stage(name: str) -> Stage:
     for s in STAGES:
         if s.name == name: return s
     raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}')
+
+def stages_named(name: str) -> tuple[Stage, ...]:
+    "The stages `name` means in `--only` and `--set`: the stage of that name, or every stage of that group."
+    found = tuple(s for s in STAGES if name in (s.name, s.group))
+    if not found: raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}, groups {sorted({s.group for s in STAGES if s.group})}')
+    return found
 
 def producer(model: str) -> Stage:
     "The stage that trains `model`."

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 from .runs import project_root, setup_run, RUN_PARAMS
-from .stages import Stage, STAGES, display_name, stage
+from .stages import Stage, STAGES, display_name, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, make_executor, run_jobs
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
@@ -20,7 +20,7 @@ from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
            'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
-           'failure_report', 'run_suite']
+           'failure_report', 'select_stages', 'execute', 'finish', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -37,7 +37,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     "`['lm.alpha=0.9', 'epochs=3']` → `{'lm': {'alpha': 0.9}, '*': {'epochs': 3}}`."
     import yaml
     out: dict[str, dict] = {}
-    names = {s.name for s in STAGES}
+    names = {s.name for s in STAGES} | {s.group for s in STAGES if s.group}   # a group's name sets all its stages
     for item in items:
         key, sep, value = item.partition('=')
         if not sep or not key: raise ValueError(f'--set {item!r}: expected key=value or stage.key=value')
@@ -53,7 +53,7 @@ def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, acc
     ok = lambda k: accepts is None or k in accepts
     p = {k: v for k, v in shared.items() if v is not None and ok(k)}
     p.update(stage.params); p.update({k: v for k, v in overrides.get('*', {}).items() if ok(k)})
-    p.update(overrides.get(stage.name, {}))
+    p.update(overrides.get(stage.group, {}) if stage.group else {}); p.update(overrides.get(stage.name, {}))
     p['out_dir'] = str(out_dir)
     return p
 
@@ -114,7 +114,7 @@ def run_lock(run_dir: Path):
 def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set], flag: str = '--set') -> None:
     "Every `--set` name is declared by the notebook(s) it goes to; else a SuiteError suggesting the closest name."
     for key, values in overrides.items():
-        targets = [s for s in stages if key in ('*', s.name)]
+        targets = [s for s in stages if key in ('*', s.name, s.group)]
         if not targets: continue                                  # a stage left out by --only
         known = set().union(*(declared[s.name] for s in targets))
         for name in values:
@@ -285,6 +285,40 @@ def failure_report(outcomes: dict, run_dir: Path) -> str:
     return ('\n'.join(failed) + (f'\nNot run, because a stage they need failed: {", ".join(blocked)}.' if blocked else '')
             + f'\nEvery other stage finished; {run_dir/"summary.json"} has their results and lists what is missing.')
 
+# %% ../nbs/90_suite.ipynb #sel00001
+def select_stages(only: list[str] | None) -> list[Stage]:
+    "The stages `--only` names (stages or groups), in the table's order; every stage for None."
+    if not only: return list(STAGES)
+    try: chosen = {s for n in only for s in stages_named(n)}
+    except KeyError as e: raise SuiteError(f'--only {" ".join(only)}: {e.args[0]}') from None
+    return [s for s in STAGES if s in chosen]
+
+# %% ../nbs/90_suite.ipynb #exe00001
+def execute(jobs: list[Job], stages: list[Stage], executor: str, cap: dict, address: str | None, run_dir: Path,
+            progress: bool = True) -> dict:
+    "Run the planned `jobs` on the executor's slots, with live lines in `progress.log`; each job's `Outcome`."
+    number = {s.name: i for i, s in enumerate(stages, 1)}
+    where = lambda j: f'{number[j.stage.name]}/{len(stages)}' if j.stage.name in number else 'sweep'
+    label = lambda j: f'[seed {j.seed} · {where(j)}] {j.stage.name} ({j.stage.notebook})'
+    ex = make_executor(executor, cap, address, run_dir)
+    cap = ex.slots(cap)                         # Ray: the cluster's GPUs, whatever this machine has
+    try:
+        with (Progress(run_dir/'progress.log') if progress else nullcontext()) as live:
+            return run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label)
+    finally: ex.close()
+
+# %% ../nbs/90_suite.ipynb #fin00001
+def finish(run_dir: Path, seeds, config: dict, outcomes: dict, site: bool = True, t_start: float | None = None) -> None:
+    "The summary of what exists and what is missing, its tables printed, the website; a SuiteError if a stage failed."
+    missing = {k: o.message for k, o in outcomes.items() if o.status in ('failed', 'blocked')}
+    summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config, missing)
+    for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
+    if site:
+        from kd_nbs.site import build_site
+        print(f'\nwebsite: {build_site(run_dir, refresh=False)}')      # the summary was just written
+    if t_start is not None: print(f'suite finished in {(time.time() - t_start) / 60:.1f} min: {run_dir}')
+    if missing: raise SuiteError(failure_report(outcomes, run_dir))
+
 # %% ../nbs/90_suite.ipynb #6b0f8115
 def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
               preset: str = 'quick',                # smoke | quick | paper | auto
@@ -295,7 +329,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
               overrides: dict | None = None,        # from `parse_overrides`: {'lm': {'alpha': 0.9}, '*': {...}}
               reports_dir: str | os.PathLike | None = None,   # parent of the run folder (None: <project>/reports)
               nbs_dir: str | os.PathLike | None = None,       # the notebooks (None: <project>/nbs)
-              only: list[str] | None = None,        # run only these stages
+              only: list[str] | None = None,        # run only these stages (or groups: color)
               site: bool = True,                    # build the website at the end
               progress: bool = True,                # live lines: one per running stage (epoch, accuracy, ETA)
               rerun_changed: bool = False,          # archive finished stages whose parameters changed, and rerun them
@@ -316,35 +350,19 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     run_dir = Path(reports_dir or (root or Path.cwd())/'reports').resolve()/name
     overrides = overrides or {}
     if data_dir: data_dir = str(Path(data_dir).resolve())
-    stages = [s for s in STAGES if not only or s.name in only]
-    if only and len(stages) != len(set(only)): raise SuiteError(f'unknown stages in {only}; stages are {[s.name for s in STAGES]}')
+    stages = select_stages(only)
     if executor == 'ray' and gpus: raise SuiteError('--gpus is for the local executor: Ray tasks use the GPUs of the '
                                                     'Ray cluster (ray start --num-gpus ...); keep --per-gpu')
     try: cap = capacity(gpus, per_gpu)
     except ValueError as e: raise SuiteError(str(e)) from None
-    shared = dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device)
-    jobs = plan(stages, seeds, shared, overrides, run_dir, nbs_dir, sweeps)
+    jobs = plan(stages, seeds, dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device), overrides, run_dir,
+                nbs_dir, sweeps)
     _writable(run_dir)
     with run_lock(run_dir):
         refuse_or_archive(jobs, rerun_changed)
         t_start = time.time()
-        number = {s.name: i for i, s in enumerate(stages, 1)}
-        where = lambda j: f'{number[j.stage.name]}/{len(stages)}' if j.stage.name in number else 'sweep'
-        label = lambda j: f'[seed {j.seed} · {where(j)}] {j.stage.name} ({j.stage.notebook})'
-        ex = make_executor(executor, cap, address, run_dir)
-        cap = ex.slots(cap)                         # Ray: the cluster's GPUs, whatever this machine has
-        try:
-            with (Progress(run_dir/'progress.log') if progress else nullcontext()) as live:
-                outcomes = run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label)
-        finally: ex.close()
-        missing = {k: o.message for k, o in outcomes.items() if o.status in ('failed', 'blocked')}
+        outcomes = execute(jobs, stages, executor, cap, address, run_dir, progress)
         config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides,
                       gpus=gpus, per_gpu=per_gpu, executor=executor, sweeps=sweeps or {})
-        summary = write_summary(run_dir, {seed: run_dir/f'seed{seed}' for seed in seeds}, config, missing)
-        for k, v in summary.items(): print(f'\n{k}\n{v.to_string(index=False)}')
-        if site:
-            from kd_nbs.site import build_site
-            print(f'\nwebsite: {build_site(run_dir, refresh=False)}')      # the summary was just written
-        print(f'suite finished in {(time.time() - t_start) / 60:.1f} min: {run_dir}')
-        if missing: raise SuiteError(failure_report(outcomes, run_dir))
+        finish(run_dir, seeds, config, outcomes, site, t_start)
     return run_dir

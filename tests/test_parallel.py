@@ -10,25 +10,32 @@ from kd_nbs.stages import STAGES
 from kd_nbs.schedule import graph, Job
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = "preset = 'smoke'\nseed = 0\nout_dir = None\nepochs = None\ndata_dir = None\ndevice = None\narch = 'vgg16'"
+PARAMS = "preset = 'smoke'\nseed = 0\nout_dir = None\nepochs = None\ndata_dir = None\ndevice = None\narch = 'vgg16'\npart = 'all'"
 
 
-def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0, die: str | None = None) -> Path:
+def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0, die: str | None = None,
+                   slow: dict[str, float] | None = None) -> Path:
     """A notebook for each stage of the real table that checks the models it reads exist, sleeps, writes its outputs
-    and records the CUDA_VISIBLE_DEVICES it saw and its start and end times; the stage `fail` raises instead."""
+    and records the CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS it saw, the threads offered to it while it ran, and its
+    start and end times; the stage `fail` raises instead; a stage in `slow` sleeps that long."""
     for notebook in {s.notebook for s in STAGES}:
         body = f'''import json, os, time
 from pathlib import Path
 from kd_nbs.stages import STAGES
 t0, out = time.time(), Path(out_dir)
-stage = next(s for s in STAGES if s.notebook == {notebook!r} and s.params.get('arch', arch) == arch)
+stage = next(s for s in STAGES if s.notebook == {notebook!r} and all(globals()[k] == v for k, v in s.params.items()))
 missing = [m for m in stage.reads if not (out/f'best_{{m}}.pth').exists()]
 assert not missing, f'started before its inputs existed: {{missing}}'
 if stage.name == {fail!r}: raise RuntimeError('this stage fails on purpose')
 if stage.name == {die!r}: import signal; os.kill(os.getppid(), signal.SIGKILL)    # its worker dies, as if out of memory
-time.sleep({sleep})
+offered, end = set(), t0 + {slow or {}!r}.get(stage.name, {sleep})
+while time.time() < end:                 # asleep, but reading the threads the suite offers, as the engine does
+    offer = os.environ.get('KD_NBS_THREADS_FILE')
+    if offer and os.path.exists(offer): offered.add(open(offer).read().strip())
+    time.sleep(0.05)
 for f in stage.outputs: (out/f).write_text('fake')
 (out/f'{{stage.name}}.timing.json').write_text(json.dumps(dict(stage=stage.name, gpu=os.environ.get('CUDA_VISIBLE_DEVICES'),
+                                                             omp=os.environ.get('OMP_NUM_THREADS'), offered=sorted(offered),
                                                              start=t0, end=time.time())))'''
         nb = nbformat.v4.new_notebook()
         nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
@@ -67,9 +74,9 @@ def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_p
         run_suite('f', 'smoke', **kw)
     msg = str(e.value)
     assert 'stage lm failed in 03_lm.ipynb, cell 2' in msg and 'this stage fails on purpose' in msg
-    assert 'Not run, because a stage they need failed: seed0/capacity, seed0/color, seed0/kl, seed0/gradcam.' in msg
+    assert 'Not run, because a stage they need failed: seed0/capacity, seed0/color_study, seed0/kl, seed0/gradcam.' in msg
     missing = json.loads((tmp_path/'f'/'summary.json').read_text())['missing']
-    assert set(missing) == {'seed0/lm', 'seed0/capacity', 'seed0/color', 'seed0/kl', 'seed0/gradcam'}
+    assert set(missing) == {'seed0/lm', 'seed0/capacity', 'seed0/color_study', 'seed0/kl', 'seed0/gradcam'}
     ran = set(timings(tmp_path/'f'))
     assert ran == {f'seed0/{s.name}' for s in STAGES} - set(missing)       # all the others finished
     capsys.readouterr()
@@ -180,3 +187,18 @@ def test_a_worker_that_dies_is_reported_with_its_log(tmp_path):
     with pytest.raises(SuiteError, match=r'(?s)stage seed0/si ended with exit code -9 .*logs/si.log'):
         run_suite('d', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
     assert (tmp_path/'d'/'seed0'/'ls.timing.json').exists()              # the other stage finished
+
+
+def test_stages_share_the_cores_and_one_left_alone_is_offered_all(tmp_path, monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5, slow={'ls': 4.0})
+    run_suite('c', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+    t, cores = timings(tmp_path/'c'), os.cpu_count()
+    assert t['seed0/si']['omp'] == t['seed0/ls']['omp'] == str(max(1, cores // 2))    # two at once: half the cores each
+    assert t['seed0/si']['end'] < t['seed0/ls']['end']
+    if cores > 1: assert str(cores) in t['seed0/ls']['offered']                     # ls, left alone: every core
+    assert str(cores) not in t['seed0/si']['offered'] or cores == 1
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')                                      # the user's setting wins
+    run_suite('u', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+    u = timings(tmp_path/'u')
+    assert {r['omp'] for r in u.values()} == {'1'} and all(r['offered'] == [] for r in u.values())
