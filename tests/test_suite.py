@@ -27,6 +27,8 @@ def test_every_expected_file(smoke_run):
         assert [f for f in SEED_FILES if not (d/f).exists()] == []
         executed = sorted(p.name for p in d.glob('*.ipynb'))
         assert len(executed) == len(STAGES), executed   # one executed notebook per stage
+        for log in (d/'logs').glob('*.log'):             # stages in local workers (2 slots on a CPU): their kernels' output
+            assert 'without encryption' not in log.read_text(), log   # kernels on IPC, not plaintext TCP
     assert (smoke_run/'summary.json').exists() and (smoke_run/'summary.md').exists()
 
 
@@ -51,8 +53,8 @@ def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
 
 def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_dir, tmp_path, capfd):
     with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1'):
-        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'],
-                  overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)
+        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], per_gpu=1,
+                  overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)   # in this process: its kernels' output here
     assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'failed'/'03_lm.ipynb').exists()
     assert not (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()          # a failed execution is no report
     assert not (tmp_path/'f'/'seed0'/'best_student_lm.pth').exists()
