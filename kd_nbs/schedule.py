@@ -155,7 +155,9 @@ class LocalExecutor:
     def alone(self, handle: object) -> bool:
         "Offer the job every core (it takes them within a few steps); False when the user fixed the threads."
         offer = handle[-1]
-        if offer is None or self.threads(1) <= int(offer.read_text() or 0): return False
+        try: offered = int(offer.read_text() or 0) if offer is not None else None
+        except (OSError, ValueError): offered = None             # removed or garbled under us: leave it be
+        if offered is None or self.threads(1) <= offered: return False
         offer.write_text(str(self.threads(1))); return True
 
     def close(self) -> None: pass

@@ -325,7 +325,7 @@ def default_slots(gpus: list[str] | None, device: str | None, executor: str = 'l
     import torch
     on_cpu = executor == 'local' and not gpus and not str(device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')
     # Two stages of one thread each get more done than one stage of two: on 2 cores the quick suite took 21.0 min
-    # so against 23.6 one at a time (its accuracies within the seed-to-seed spread; README, "In parallel").
+    # against 23.6 one at a time, its accuracies within the seed-to-seed spread (README, "In parallel").
     return 2 if on_cpu and (cores or os.cpu_count() or 1) >= 2 else 1
 
 # %% ../nbs/90_suite.ipynb #6b0f8115
