@@ -18,7 +18,8 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
 # %% auto #0
 __all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row',
            'measure_row', 'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
-           'project_study', 'measure_sharing', 'summarize_check', 'print_report', 'gpu_check', 'main']
+           'stage_seconds', 'project_study', 'project_shared', 'measure_sharing', 'summarize_check', 'print_report',
+           'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -38,14 +39,15 @@ ROWS: dict[str, tuple] = {
     'crd': ('vgg11', 'vgg16', _crd), 'dkd': ('vgg11', 'vgg16', _dkd)}
 DISTILLERS = [r for r, (_, teacher, _) in ROWS.items() if teacher == 'vgg16']   # one row per distillation method
 
-# The paper study, one seed: (what, epochs, the row whose epoch time it costs). LS costs what SI costs (label
-# smoothing is one more elementwise op), CRD from the colour-invariant teacher what CRD costs, the colour fine-tune
-# what a VGG-16 teacher epoch costs.
-PAPER_STUDY = [('Teacher VGG-16', 200, 'teacher_vgg16'), ('Teacher VGG-19', 200, 'teacher_vgg19'),
-               ('Colour fine-tune (VGG-16)', 40, 'teacher_vgg16'), ('SI', 200, 'si'), ('LM', 200, 'lm'),
-               ('Hints', 200, 'hints'), ('CRD', 200, 'crd'), ('LS', 200, 'si'), ('DKD', 200, 'dkd'),
-               ('LM from VGG-19', 200, 'lm_vgg19'), ('CRD from the colour-invariant teacher', 200, 'crd')]
-STUDY_EVALS = 40        # test-set passes of the studies: KL 8, colour 2x11 plus the jittered set, capacity, Grad-CAM
+# The paper study, one seed: (what, epochs, the row whose epoch time it costs, the stage that trains it). LS costs
+# what SI costs (label smoothing is one more elementwise op), CRD from the colour-invariant teacher what CRD costs,
+# the colour fine-tune what a VGG-16 teacher epoch costs.
+PAPER_STUDY = [('Teacher VGG-16', 200, 'teacher_vgg16', 'teacher_vgg16'), ('Teacher VGG-19', 200, 'teacher_vgg19', 'teacher_vgg19'),
+               ('Colour fine-tune (VGG-16)', 40, 'teacher_vgg16', 'color_train'), ('SI', 200, 'si', 'si'), ('LM', 200, 'lm', 'lm'),
+               ('Hints', 200, 'hints', 'hints'), ('CRD', 200, 'crd', 'crd'), ('LS', 200, 'si', 'ls'), ('DKD', 200, 'dkd', 'dkd'),
+               ('LM from VGG-19', 200, 'lm_vgg19', 'capacity'), ('CRD from the colour-invariant teacher', 200, 'crd', 'color_train')]
+# test-set passes of the study stages (40 in all): KL 8 students and the teacher, colour 2 x 11 plus the jittered set
+STUDY_EVALS = {'kl': 9, 'color_study': 23, 'capacity': 4, 'gradcam': 4}
 STAGE_OVERHEAD_S = 20   # per stage (papermill run): kernel start, imports, reading CIFAR-100 (measured 10-20 s on our CPUs)
 
 # %% ../nbs/94_gpucheck.ipynb #69c1e85d
@@ -242,13 +244,58 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
         if 'epoch_s' in r and (r['row'] not in best or r['epoch_s'] < best[r['row']]['epoch_s']): best[r['row']] = r
     return best
 
-def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1, share_speedup: float = 1.0) -> dict:
-    "Projected wall time of the paper study from per-epoch times: trainings, study evaluations, notebook overheads."
-    parts = {what: epochs * best[row]['epoch_s'] for what, epochs, row in PAPER_STUDY if row in best}
-    missing = [what for what, _, row in PAPER_STUDY if row not in best]
-    total = sum(parts.values()) + STUDY_EVALS * eval_s + len(STAGES) * STAGE_OVERHEAD_S
-    return dict(seeds=seeds, minutes=round(seeds * total / 60 / share_speedup, 1), missing=missing,
+def stage_seconds(best: dict[str, dict], eval_s: float) -> tuple[dict[str, float], list[str]]:
+    "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
+    t = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}
+    missing = []
+    for what, epochs, row, stage in PAPER_STUDY:
+        if row in best: t[stage] += epochs * best[row]['epoch_s']
+        else: missing.append(what)
+    return t, missing
+
+def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1) -> dict:
+    "Projected wall time of the paper study, one stage at a time: the sum of its stages, per seed."
+    t, missing = stage_seconds(best, eval_s)
+    parts = {what: epochs * best[row]['epoch_s'] for what, epochs, row, _ in PAPER_STUDY if row in best}
+    return dict(seeds=seeds, minutes=round(seeds * sum(t.values()) / 60, 1), missing=missing,
                 per_stage_min={k: round(v / 60, 1) for k, v in parts.items()})
+
+# %% ../nbs/94_gpucheck.ipynb #shar0001
+class _VirtualClock:
+    "An executor on a virtual clock for `run_jobs`: while `n` jobs run, each one's remaining seconds (alone) shrink at `speed(n)/n`."
+    def __init__(self, seconds: dict[str, float], speed): self.seconds, self.speed, self.left, self.now = seconds, speed, {}, 0.0
+    def slots(self, cap): return cap
+    def submit(self, job, gpu, sharing=1): self.left[job.key] = self.seconds[job.stage.name]; return job.key
+    def alone(self, handle): return False
+    def close(self): pass
+    def wait(self, handles, timeout):
+        rate = self.speed(len(self.left)) / len(self.left)
+        k = min(self.left, key=self.left.get)
+        dt = self.left.pop(k) / rate
+        self.now += dt
+        for j in self.left: self.left[j] -= dt * rate
+        return [(k, None)]
+
+def _interpolate(speedups: dict[int, float]):
+    "speed(n) from the measured aggregate speed-ups: linear between measured `n`, flat beyond them."
+    pts = sorted({1: 1.0, **speedups}.items())
+    def speed(n):
+        lo = max((p for p in pts if p[0] <= n), default=pts[0]); hi = min((p for p in pts if p[0] >= n), default=pts[-1])
+        return lo[1] if hi[0] == lo[0] else lo[1] + (hi[1] - lo[1]) * (n - lo[0]) / (hi[0] - lo[0])
+    return speed
+
+def project_shared(seconds: dict[str, float],     # each stage's seconds alone on the device (`stage_seconds`)
+                   seeds: int,                    # seeds of the study, independent of each other
+                   k: int,                        # stages at once on the device (`--per-gpu k`)
+                   speedups: dict[int, float],    # measured aggregate speed-up of n processes sharing the device
+                   ) -> float:
+    "Wall seconds of the study on `k` slots of one device, scheduled by the suite's `run_jobs` on a virtual clock."
+    from types import SimpleNamespace
+    from kd_nbs.schedule import Job, capacity, run_jobs as schedule
+    clock = _VirtualClock(seconds, _interpolate(speedups))
+    quiet = SimpleNamespace(running={}, event=lambda msg: None)
+    schedule([Job(seed, s, {}) for seed in range(seeds) for s in STAGES], clock, capacity(None, k), lambda j: False, quiet)
+    return clock.now
 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f1
 def measure_sharing(base: dict,              # the job fields every measurement shares (device, width, data sizes)
@@ -270,15 +317,20 @@ def measure_sharing(base: dict,              # the job fields every measurement 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f2
 def summarize_check(measured: list[dict], anchors: list[dict], shares: dict[int, dict]) -> dict:
     """The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and the projected
-    paper study (one seed and three, one stage at a time, and three seeds with the best number of stages sharing)."""
+    paper study (one seed and three, one stage at a time; three seeds with the number of stages sharing the GPU that
+    finishes first, scheduled over the stage graph)."""
     best = best_rows(measured)
     eval_s = best.get('si', {}).get('eval_s', 0.0)
     one = shares.get(1, {}).get('img_s') or 0
     speedups = {k: round(v['img_s'] / one, 2) for k, v in shares.items() if one and v['img_s']}
-    k_best = max(speedups, key=speedups.get) if speedups else 1
     projection = {'1 seed, one stage at a time': project_study(best, eval_s),
-                  '3 seeds, one stage at a time': project_study(best, eval_s, 3),
-                  f'3 seeds, {k_best} stages sharing the GPU': project_study(best, eval_s, 3, speedups.get(k_best, 1.0))}
+                  '3 seeds, one stage at a time': project_study(best, eval_s, 3)}
+    seconds, missing = stage_seconds(best, eval_s)
+    shared = {k: project_shared(seconds, 3, k, speedups) for k in speedups if k > 1}
+    if shared:                                    # the number of stages at once that finishes first
+        k = min(shared, key=shared.get)
+        projection[f'1 seed, {k} stages sharing the GPU'] = dict(seeds=1, minutes=round(project_shared(seconds, 1, k, speedups) / 60, 1), missing=missing)
+        projection[f'3 seeds, {k} stages sharing the GPU'] = dict(seeds=3, minutes=round(shared[k] / 60, 1), missing=missing)
     vs_anchor = {a['row']: round(a['step_ms'] / best[a['row']]['step_ms'], 2) for a in anchors
                  if a.get('row') in best and 'step_ms' in a}
     return dict(best={k: v['mode'] for k, v in best.items()}, share_speedup=speedups, speedup_vs_anchor=vs_anchor,

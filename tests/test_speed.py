@@ -70,4 +70,6 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     assert s['finite'] and s['cpu_load'] and s['same_predictions'], s
     p = report['projection']['1 seed, one stage at a time']
     assert p['missing'] == [] and p['minutes'] > 0
+    shared = [v for k, v in report['projection'].items() if k.startswith('1 seed, 2 stages')]   # scheduled over the graph
+    assert len(shared) == 1 and 0 < shared[0]['minutes']
     assert 'projected paper study' in r.stdout
