@@ -14,10 +14,11 @@ PARAMS = "preset = 'smoke'\nseed = 0\nout_dir = None\nepochs = None\ndata_dir = 
 
 
 def fake_notebooks(folder: Path, fail: str | None = None, sleep: float = 1.0, die: str | None = None,
-                   slow: dict[str, float] | None = None) -> Path:
+                   slow: dict[str, float] | None = None, until_offered: str | None = None) -> Path:
     """A notebook for each stage of the real table that checks the models it reads exist, sleeps, writes its outputs
     and records the CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS it saw, the threads offered to it while it ran, and its
-    start and end times; the stage `fail` raises instead; a stage in `slow` sleeps that long."""
+    start and end times; the stage `fail` raises instead; a stage in `slow` sleeps that long, the stage
+    `until_offered` only until it is offered other threads than those it started with."""
     for notebook in {s.notebook for s in STAGES}:
         body = f'''import json, os, time
 from pathlib import Path
@@ -32,6 +33,7 @@ offered, end = set(), t0 + {slow or {}!r}.get(stage.name, {sleep})
 while time.time() < end:                 # asleep, but reading the threads the suite offers, as the engine does
     offer = os.environ.get('KD_NBS_THREADS_FILE')
     if offer and os.path.exists(offer): offered.add(open(offer).read().strip())
+    if stage.name == {until_offered!r} and len(offered) > 1: break
     time.sleep(0.05)
 for f in stage.outputs: (out/f).write_text('fake')
 (out/f'{{stage.name}}.timing.json').write_text(json.dumps(dict(stage=stage.name, gpu=os.environ.get('CUDA_VISIBLE_DEVICES'),
@@ -191,7 +193,7 @@ def test_a_worker_that_dies_is_reported_with_its_log(tmp_path):
 
 def test_stages_share_the_cores_and_one_left_alone_is_offered_all(tmp_path, monkeypatch):
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
-    nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5, slow={'ls': 4.0})
+    nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5, slow={'ls': 60.0 if os.cpu_count() > 1 else 2.0}, until_offered='ls')   # ls outlives si, then waits
     run_suite('c', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
     t, cores = timings(tmp_path/'c'), os.cpu_count()
     assert t['seed0/si']['omp'] == t['seed0/ls']['omp'] == str(max(1, cores // 2))    # two at once: half the cores each
@@ -199,6 +201,7 @@ def test_stages_share_the_cores_and_one_left_alone_is_offered_all(tmp_path, monk
     if cores > 1: assert str(cores) in t['seed0/ls']['offered']                     # ls, left alone: every core
     assert str(cores) not in t['seed0/si']['offered'] or cores == 1
     monkeypatch.setenv('OMP_NUM_THREADS', '1')                                      # the user's setting wins
+    fake_notebooks(nbs, sleep=0.5, slow={'ls': 2.0})
     run_suite('u', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
     u = timings(tmp_path/'u')
     assert {r['omp'] for r in u.values()} == {'1'} and all(r['offered'] == [] for r in u.values())
