@@ -18,8 +18,8 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
 # %% auto #0
 __all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row',
            'measure_row', 'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
-           'stage_seconds', 'project_study', 'project_shared', 'measure_sharing', 'summarize_check', 'print_report',
-           'gpu_check', 'main']
+           'training_seconds', 'stage_seconds', 'project_study', 'project_shared', 'measure_sharing', 'summarize_check',
+           'print_report', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -244,21 +244,21 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
         if 'epoch_s' in r and (r['row'] not in best or r['epoch_s'] < best[r['row']]['epoch_s']): best[r['row']] = r
     return best
 
+def training_seconds(best: dict[str, dict]) -> dict[str, float]:
+    "Seconds of each training of `PAPER_STUDY` that a measured row prices (epochs × the row's epoch time)."
+    return {what: epochs * best[row]['epoch_s'] for what, epochs, row, _ in PAPER_STUDY if row in best}
+
 def stage_seconds(best: dict[str, dict], eval_s: float) -> tuple[dict[str, float], list[str]]:
     "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
-    t = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}
-    missing = []
-    for what, epochs, row, stage in PAPER_STUDY:
-        if row in best: t[stage] += epochs * best[row]['epoch_s']
-        else: missing.append(what)
-    return t, missing
+    t, priced = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}, training_seconds(best)
+    for what, _, _, stage in PAPER_STUDY: t[stage] += priced.get(what, 0.0)
+    return t, [what for what, *_ in PAPER_STUDY if what not in priced]
 
 def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1) -> dict:
     "Projected wall time of the paper study, one stage at a time: the sum of its stages, per seed."
     t, missing = stage_seconds(best, eval_s)
-    parts = {what: epochs * best[row]['epoch_s'] for what, epochs, row, _ in PAPER_STUDY if row in best}
     return dict(seeds=seeds, minutes=round(seeds * sum(t.values()) / 60, 1), missing=missing,
-                per_stage_min={k: round(v / 60, 1) for k, v in parts.items()})
+                per_stage_min={k: round(v / 60, 1) for k, v in training_seconds(best).items()})
 
 # %% ../nbs/94_gpucheck.ipynb #shar0001
 class _VirtualClock:

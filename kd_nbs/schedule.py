@@ -4,10 +4,10 @@
 
 # %% ../nbs/90a_schedule.ipynb #203209c2
 from __future__ import annotations
-import ctypes, json, math, os, signal, sys, threading, time
+import ctypes, json, math, os, signal, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
@@ -108,6 +108,14 @@ def threads_per_job(slots: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // max(1, slots))
 
 # %% ../nbs/90a_schedule.ipynb #b7c8d9e3
+class _Worker(NamedTuple):
+    "A local worker's handle: its process, the files it may write or read, and where it is offered threads (or None)."
+    process: subprocess.Popen
+    error: Path
+    log: Path
+    job_file: Path
+    offer: Path | None
+
 class LocalExecutor:
     "One process per job on this machine, each with its share of the CPU threads."
     def __init__(self, cap: dict[str | None, int] | None = None):
@@ -123,7 +131,7 @@ class LocalExecutor:
     def slots(self, cap: dict[str | None, int]) -> dict[str | None, int]: return cap
 
     def submit(self, job: Job, gpu: str | None, sharing: int = 1) -> object:
-        import pickle, subprocess
+        import pickle
         base = job.out_dir/'.stages'/job.stage.name
         err, job_file, log = base.with_suffix('.error'), base.with_suffix('.job.pkl'), job.out_dir/'logs'/f'{job.stage.name}.log'
         for p in (err, log): p.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +144,12 @@ class LocalExecutor:
             p = subprocess.Popen([sys.executable, '-c', 'from kd_nbs.schedule import worker; worker()', str(job_file),
                                   '-' if gpu is None else str(gpu), str(err), str(os.getpid())],
                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        return p, err, log, job_file, offer
+        return _Worker(p, err, log, job_file, offer)
 
     def wait(self, handles: dict[str, object], timeout: float) -> list[tuple[str, str | None]]:
         end = time.time() + timeout
         while True:
-            ended = [(k, *h) for k, h in handles.items() if h[0].poll() is not None]
+            ended = [(k, *h) for k, h in handles.items() if h.process.poll() is not None]
             if ended or time.time() >= end: break
             time.sleep(0.2)
         out = []
@@ -154,7 +162,7 @@ class LocalExecutor:
 
     def alone(self, handle: object) -> bool:
         "Offer the job every core (it takes them within a few steps); False when the user fixed the threads."
-        offer = handle[-1]
+        offer = handle.offer
         try: offered = int(offer.read_text() or 0) if offer is not None else None
         except (OSError, ValueError): offered = None             # removed or garbled under us: leave it be
         if offered is None or self.threads(1) <= offered: return False
@@ -272,14 +280,15 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
     running: dict[str, tuple[object, str | None, float]] = {}
     load, alone = {g: 0 for g in cap}, set()
     say = progress.event if progress else (lambda m: print(m, flush=True))
+    ready = lambda k: all(d in out for d in deps[k])      # everything it needs has ended
     while todo or running:
         for k in list(todo):
             if bad := [d for d in deps[k] if d in out and out[d].status in ('failed', 'blocked')]:
                 out[k] = Outcome('blocked', f'{k} did not run: it needs {", ".join(bad)}'); del todo[k]
                 say(f'{label(by_key[k])}: not run, {", ".join(bad)} failed')
         for k in list(todo):
-            if not all(d in out for d in deps[k]): continue
-            j, ready = todo[k], sum(all(d in out for d in deps[x]) for x in todo)   # this one and the others that could start
+            if not ready(k): continue
+            j, startable = todo[k], sum(map(ready, todo))      # this one and the others that could start now
             if is_done(j):
                 out[k] = Outcome('skipped'); del todo[k]; say(f'{label(j)}: done already, skipped'); continue
             if (gpu := _slot(load, cap)) is False: break
@@ -287,11 +296,11 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
             if progress: progress.running[k] = (j, gpu, time.time())
             say(f'{label(j)}: running' + (f' on {slot_name(gpu)}' if gpu is not None else '') + '…')
             t0 = time.time()                        # before submit: an inline executor returns when the job has ended
-            running[k] = (executor.submit(j, gpu, sharing=len(running) + ready), gpu, t0)
+            running[k] = (executor.submit(j, gpu, sharing=len(running) + startable), gpu, t0)
         if not running:
             if todo: raise RuntimeError(f'no job can start: {sorted(todo)} wait on each other')
             break
-        if len(running) == 1 and not any(all(d in out for d in deps[x]) for x in todo):   # one job left, nothing ready
+        if len(running) == 1 and not any(map(ready, todo)):   # one job left, nothing ready
             (k, (h, _, _)), = running.items()
             if k not in alone and executor.alone(h): say(f'{label(by_key[k])}: running alone now, on every core')
             alone.add(k)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, setup_run, RUN_PARAMS
+from .runs import project_root, resolve_device, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, make_executor, run_jobs
@@ -322,8 +322,8 @@ def finish(run_dir: Path, seeds, config: dict, outcomes: dict, site: bool = True
 # %% ../nbs/90_suite.ipynb #slots001
 def default_slots(gpus: list[str] | None, device: str | None, executor: str = 'local', cores: int | None = None) -> int:
     "Stages at once when `--per-gpu` is not given: 1 per GPU, or on a CPU run 2 when the machine has 2 cores or more."
-    import torch
-    on_cpu = executor == 'local' and not gpus and not str(device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')
+    try: on_cpu = executor == 'local' and not gpus and not resolve_device(device).startswith('cuda')
+    except ValueError: on_cpu = False        # CUDA asked for without a GPU: `check_values` says so, stage by stage
     # Two stages of one thread each get more done than one stage of two: on 2 cores the quick suite took 21.0 min
     # against 23.6 one at a time, its accuracies within the seed-to-seed spread (README, "In parallel").
     return 2 if on_cpu and (cores or os.cpu_count() or 1) >= 2 else 1
