@@ -28,6 +28,7 @@ __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor'
 class Method(nn.Module):
     "A training objective: `forward(student, teacher, labels, index) -> {name: loss}`."
     needs_teacher: bool = False
+    teacher_blocks: bool = False   # reads the teacher's block outputs: the step then copies them out of inference mode
 
     def forward(self, student: VGGOutput, teacher: VGGOutput | None, labels: torch.Tensor,
                 index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -212,9 +213,11 @@ def prepare_teacher(teacher: nn.Module | None, cfg: TrainConfig) -> nn.Module | 
     return t.to(torch.bfloat16) if cfg.amp else t
 
 # %% ../nbs/00c_engine.ipynb #8d23b121
-def _clone_out(out):
-    "Normal tensors from inference-mode ones (a method's backward may save them)."
-    if isinstance(out, VGGOutput): return VGGOutput(out.logits.clone(), [b.clone() for b in out.blocks], out.embedding.clone())
+def _clone_out(out, blocks: bool = True):
+    """Normal tensors from inference-mode ones (a method's backward may save them). The block outputs are copied
+    only with `blocks`: at ¼ width they are 17 MB a batch of 128, 3 ms of a 190 ms step on a CPU thread."""
+    if isinstance(out, VGGOutput):
+        return VGGOutput(out.logits.clone(), [b.clone() for b in out.blocks] if blocks else out.blocks, out.embedding.clone())
     return out.clone()
 
 def _trainable(model: nn.Module) -> nn.Module:
@@ -225,17 +228,22 @@ def _trainable(model: nn.Module) -> nn.Module:
 def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, idx: torch.Tensor, amp: bool = False):
     "One SGD step of `model` (a `Trainable`, possibly in DDP); returns the student's outputs, the losses and their sum."
+    method = _trainable(model).method
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
         t_out = None
         if teacher is not None:
             with torch.inference_mode(): t_out = teacher(x, features=True)
-            t_out = _clone_out(t_out)
-        s_out, losses = model(x, t_out, y, idx)
+            t_out = _clone_out(t_out, method.teacher_blocks)
+        try: s_out, losses = model(x, t_out, y, idx)
+        except RuntimeError as e:
+            if 'Inference tensors cannot be saved' not in str(e) or method.teacher_blocks: raise
+            raise RuntimeError(f"{type(method).__name__} reads the teacher's block outputs: "
+                               f"set `teacher_blocks = True` on the class") from e
         loss = sum(losses.values())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    _trainable(model).method.after_step()
+    method.after_step()
     return s_out, losses, loss
 
 # %% ../nbs/00c_engine.ipynb #f53b9252
@@ -300,12 +308,16 @@ def predict(model: nn.Module,                 # any network returning logits; ev
             channels_last: bool = False,      # memory format of the inputs
             max_batches: int | None = None,   # stop after this many batches (smoke runs)
             static: bool = False,             # pad the last batch to full size (fixed shapes)
+            fold: bool = True,                # fold each BatchNorm into its convolution first (exact in eval mode)
             ) -> torch.Tensor:
     """Logits (float32, on the CPU) of `model` for uint8 `images`, in batches of `batch_size`.
-    `static` pads the last batch to full size, so every forward has the same shape (compiled or cuDNN-tuned models)."""
+    `static` pads the last batch to full size, so every forward has the same shape (compiled or cuDNN-tuned models).
+    `fold` evaluates a folded copy (`fold_bn`): on a CPU thread the ¼-width VGG-11 then scores the test set in
+    2.5 s instead of 3.5 s; `model` itself is not changed."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
+    net = fold_bn(model) if fold and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else model
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = []
     for i, start in enumerate(range(0, len(images), batch_size)):
@@ -316,7 +328,7 @@ def predict(model: nn.Module,                 # any network returning logits; ev
         if static and n < batch_size: xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))])
         x = normalize(xb, memory_format=fmt)
         with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=amp):
-            out.append(model(x)[:n].float())
+            out.append(net(x)[:n].float())
     model.train(was_training)
     return torch.cat(out).cpu()     # one copy back to the host, not one per batch
 

@@ -17,6 +17,7 @@ __all__ = ['Hints']
 class Hints(Method):
     "CE + w·MSE(regressor(student block ℓ), teacher block ℓ)."
     needs_teacher = True
+    teacher_blocks = True                        # the hint is the teacher's block `layer`
     def __init__(self, s_channels: int,          # channels of the student's hinted block
                        t_channels: int,          # channels of the teacher's block (the regressor's output)
                        layer: int = 2,           # which block: 2 is the middle of five, FitNets' guided layer
