@@ -60,9 +60,10 @@ def _pair(width: float, kd: bool) -> tuple[VGG, object, VGG | None]:
     return VGG('vgg11', width=width), LogitMatching() if kd else CrossEntropy(), VGG('vgg16', width=width) if kd else None
 
 def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, device: str, batch_size: int = 128,
-                 steps: int = 20, workers: int = 2, compile: str = 'off') -> dict:
+                 steps: int = 20, workers: int = 2, compile: str = 'off', rounds: int = 3) -> dict:
     """Images per second of (a) our pipeline, (b) our step alone, (c) DataLoader + PIL feeding our step and
-    (d) the anchors' whole loop (DataLoader + PIL feeding the anchors' step), for one model configuration."""
+    (d) the anchors' whole loop (DataLoader + PIL feeding the anchors' step), for one model configuration:
+    the median of `rounds` measurements of each, taken in turn."""
     cfg = TrainConfig(batch_size=batch_size, device=device, **speed_choices(device, width, batch_size, compile=compile,
                                                                               drop_last=True))
     fmt = cfg.memory_format
@@ -80,10 +81,14 @@ def bench_config(width: float, kd: bool, x_u8: torch.Tensor, y: torch.Tensor, de
         while True: yield b
     def loader():
         for xb, yb, idx in anchor_batches(x_u8, y, device, batch_size, workers): yield xb.to(memory_format=fmt), yb, idx
-    r = {k: _rate(step, it(), batch_size, steps) for k, it in (('a_pipeline', pipeline), ('b_step', fixed), ('c_dataloader', loader))}
-    r['d_anchors'] = _rate(anchor_step(*_pair(width, kd), device), anchor_batches(x_u8, y, device, batch_size, workers),
-                           batch_size, steps)
-    return dict(width=width, step='KD (VGG-16 teacher)' if kd else 'plain student', compile=compile, amp=cfg.amp,
+    anchors = anchor_step(*_pair(width, kd), device)
+    runs = {'a_pipeline': (step, pipeline()), 'b_step': (step, fixed()), 'c_dataloader': (step, loader()),
+            'd_anchors': (anchors, anchor_batches(x_u8, y, device, batch_size, workers))}
+    rates = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, (f, batches) in runs.items(): rates[k].append(_rate(f, batches, batch_size, steps))
+    r = {k: float(np.median(v)) for k, v in rates.items()}
+    return dict(width=width, step='KD (VGG-16 teacher)' if kd else 'plain student', compile=compile, amp=cfg.amp, rounds=rounds,
                 **{k: round(v, 1) for k, v in r.items()}, a_over_b=round(r['a_pipeline'] / r['b_step'], 3),
                 a_over_c=round(r['a_pipeline'] / r['c_dataloader'], 3), a_over_d=round(r['a_pipeline'] / r['d_anchors'], 3))
 
@@ -93,11 +98,13 @@ def run_benchmark(widths=(1.0, 0.25),            # channel multipliers to measur
                   data_dir: str | None = None,   # the real CIFAR-100's folder (None: random CIFAR-shaped images)
                   device: str | None = None,     # None: CUDA when available, else the CPU
                   n_images: int = 10_000,        # training images the pipelines draw from
-                  modes=('off',)) -> list[dict]: # compile modes to measure
+                  modes=('off',),                # compile modes to measure
+                  rounds: int = 3) -> list[dict]:# measurements of each figure, taken in turn; the median is printed
     "Print and return the benchmark's figures (random CIFAR-shaped images unless `data_dir` holds the real set)."
     import pandas as pd
     device = resolve_device(device)
     if steps is not None and steps < 1: raise ValueError(f'steps={steps}: must be a positive number of batches')
+    if rounds < 1: raise ValueError(f'rounds={rounds}: must be a positive number of measurements')
     if data_dir:
         from kd_nbs.data import load_cifar100
         d = load_cifar100(data_dir); x, y = d.train_x[:n_images], d.train_y[:n_images]
@@ -111,6 +118,6 @@ def run_benchmark(widths=(1.0, 0.25),            # channel multipliers to measur
         for mode in modes:
             for kd in (False, True):
                 n = steps or (8 if w >= 1 and not device.startswith('cuda') else 30)
-                rows.append(bench_config(w, kd, x, y, device, steps=n, compile=mode))
+                rows.append(bench_config(w, kd, x, y, device, steps=n, compile=mode, rounds=rounds))
                 print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     return rows

@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
     b.add_argument('--widths', type=float, nargs='+', default=[1.0, 0.25])
     b.add_argument('--steps', type=int, default=None)
+    b.add_argument('--rounds', type=int, default=3, help='measurements of each figure, taken in turn; prints the median')
     b.add_argument('--data-dir', default=None)
     b.add_argument('--device', default=None)
     b.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'default', 'reduce-overhead'],
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             print(build_site(Path(args.run_dir)))
         else:
             from kd_nbs.bench import run_benchmark
-            run_benchmark(tuple(args.widths), args.steps, args.data_dir, args.device, modes=tuple(args.compile))
+            run_benchmark(tuple(args.widths), args.steps, args.data_dir, args.device, modes=tuple(args.compile),
+                          rounds=args.rounds)
     except (SuiteError, ValueError, FileNotFoundError) as e:
         print(f'kd-nbs: {e}', file=sys.stderr)
         return 1

@@ -78,11 +78,22 @@ def _shown(output: dict) -> bool:
     if output.get('name') == 'stderr' and 'Warning' in ''.join(output.get('text', '')): return False
     return 'application/vnd.jupyter.widget-view+json' not in output.get('data', {})
 
+def _for_this_run(cell: dict, params: dict) -> bool:
+    """False for a cell tagged `only:NAME=V` (one tag per value V) in a report that ran with parameter NAME set to
+    none of those values: the colour study's training cells on its measurement page, and the other way round."""
+    allowed: dict[str, set] = {}
+    for tag in cell.get('metadata', {}).get('tags', []):
+        name, eq, value = tag.removeprefix('only:').partition('=')
+        if tag.startswith('only:') and eq: allowed.setdefault(name, set()).add(value)
+    return all(str(params[name]) in values for name, values in allowed.items() if name in params)
+
 def reader_notebook(nb: dict, title: str | None = None) -> dict:
     """An executed notebook as a reader should see it: nbdev directives, `#| hide` cells, test-only imports,
-    warnings on stderr and progress-bar widgets removed; prose, equations, code, checks and every other output kept; `title` as its heading."""
-    cells = []
+    warnings on stderr, progress-bar widgets and cells of another part (`_for_this_run`) removed; prose, equations,
+    code, checks and every other output kept; `title` as its heading."""
+    cells, params = [], nb.get('metadata', {}).get('papermill', {}).get('parameters', {})
     for c in nb['cells']:
+        if not _for_this_run(c, params): continue
         src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
         if c['cell_type'] == 'code':
             lines = src.splitlines()

@@ -18,9 +18,9 @@ from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
-           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values', 'run_stage',
-           'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan', 'refuse_or_archive',
-           'failure_report', 'select_stages', 'execute', 'finish', 'default_slots', 'run_suite']
+           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
+           'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan',
+           'refuse_or_archive', 'failure_report', 'select_stages', 'execute', 'finish', 'default_slots', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -130,6 +130,23 @@ def check_values(params: dict[str, dict]) -> None:
         try: setup_run('student', **{k: v for k, v in p.items() if k in RUN_PARAMS and k != 'out_dir'}, amp=False)
         except (ValueError, TypeError) as e: raise SuiteError(f'stage {name}: {e}') from None
 
+# %% ../nbs/90_suite.ipynb #sock0001
+_SOCKETS = 'kd-nbs-kernel-'
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass        # someone else's process: alive
+    return True
+
+def kernel_sockets() -> Path:
+    """A new private folder (mode 0700) for a kernel's IPC sockets, named after this process. Folders left by processes
+    that are gone (a worker killed with SIGKILL cannot remove its own) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(f'{_SOCKETS}*-*'):
+        pid = old.name[len(_SOCKETS):].partition('-')[0]
+        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f'{_SOCKETS}{os.getpid()}-'))
+
 # %% ../nbs/90_suite.ipynb #44a1c011
 def _why(e: BaseException, out_dir: Path) -> str:
     "One sentence for an error outside the notebook's own cells."
@@ -148,7 +165,7 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
     os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
     # The kernel listens on local (IPC) sockets in a private folder (mode 0700), not on TCP ports: nothing else can
     # connect, and ipykernel has no plaintext-TCP warning to print. The folder is outside the report and removed after.
-    sockets = Path(tempfile.mkdtemp(prefix='kd-nbs-kernel-'))
+    sockets = kernel_sockets()
     try:
         pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress, kernel_name='python3',
                             cwd=str(out_dir), config=Config(KernelManager=dict(transport='ipc', ip=str(sockets/'kernel'))))

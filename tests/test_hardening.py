@@ -99,8 +99,9 @@ def test_outside_the_project_the_suggested_option_exists(tmp_path):
     assert '--nbs' in cli('run', '--help').stdout
 
 
-def test_bench_refuses_negative_steps_and_a_missing_gpu():
+def test_bench_refuses_negative_steps_no_rounds_and_a_missing_gpu():
     one_line_error(cli('bench', '--steps', '-1'), 'steps=-1: must be a positive number')
+    one_line_error(cli('bench', '--rounds', '0'), 'rounds=0: must be a positive number')
     if not torch.cuda.is_available(): one_line_error(cli('bench', '--device', 'cuda'), 'no CUDA GPU is available here')
 
 

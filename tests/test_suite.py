@@ -137,6 +137,9 @@ def test_website_home_page_in_headless_chromium(smoke_run, tmp_path):
     shown = {n: re.sub(r'<[^>]+>', '', t) for n, t in {**pages, 'index.html': index.read_text()}.items()}   # text a reader sees
     assert [n for n, t in shown.items() if '#|' in t or re.search(r'\w+Warning: ', t) or 'fastcore.test' in t] == []
     assert [n for n, t in pages.items() if 'widget-view+json' in t] == []        # no stateless progress-bar widgets
+    train_page, study_page = shown['09_color_train.html'], shown['09_color_study.html']   # each part's own cells only
+    assert 'CRD.between' in train_page and 'jitter_images(data' not in train_page
+    assert 'jitter_images(data' in study_page and 'CRD.between' not in study_page
     titles = {n: re.search(r'<title>(.*?)</title>', t).group(1) for n, t in pages.items()}
     assert 'Teacher VGG-19' in titles['01_teacher_vgg19.html'] and 'Teacher VGG-16' in titles['01_teacher_vgg16.html']
     assert len({t for t in titles.values()}) == len(titles)                                         # all distinct
