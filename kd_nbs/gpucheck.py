@@ -4,7 +4,7 @@
 
 # %% ../nbs/94_gpucheck.ipynb #f0ab6bdd
 from __future__ import annotations
-import argparse, dataclasses, fcntl, json, os, subprocess, sys, tempfile, time
+import argparse, dataclasses, fcntl, json, os, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -380,34 +380,36 @@ def gpu_check(out: str,                          # folder for gpu_check.json
     if bad := [m for m in modes if m not in COMPILE_MODES]: raise ValueError(f'modes {bad}: choose from {COMPILE_MODES}')
     rows = rows or list(ROWS)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    work, record = Path(tempfile.mkdtemp(prefix='kd_nbs_gpucheck_')), out/'gpu_check_jobs.jsonl'   # lock, barriers, checkpoints
-    record.unlink(missing_ok=True)
-    jobs = jobs or (4 if cuda else 1)
-    base = dict(device=device, width=width, n_train=n_train, n_test=n_test, lock=str(work/'timing.lock'),
-                compile_threads=max(1, (os.cpu_count() or 2) // jobs))
-    env = dict(device=device, gpu=torch.cuda.get_device_name() if cuda else None, torch=torch.__version__,
-               python=sys.version.split()[0], cpus=os.cpu_count(), data=os.environ.get('KD_NBS_DATA') or 'random CIFAR-shaped')
-    log(f"GPU check on {env['gpu'] or device}: torch {env['torch']}, width {width}, batch 128, {steps} timed steps per row")
-    t_start = time.time()
-    order = sorted(modes, key=lambda m: {'default': 0, 'reduce-overhead': 1, 'off': 2}[m])   # compiles first, eager last
-    specs = [dict(base, kind='row', row=r, mode=m, steps=steps, warmup=warmup) for m in order for r in rows]
-    specs += [dict(base, kind='anchor', row=r, steps=max(20, steps // 2), warmup=5, workers=anchor_workers)
-              for r in ('si', 'lm') if r in rows]
-    results = run_jobs(specs, jobs, log, record)
-    measured = [r for r in results if r.get('mode') != 'anchor']
-    anchors = [r for r in results if r.get('mode') == 'anchor']
-    si_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'si' and 'epoch_s' in r}
-    share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'     # the fastest way to train SI
-    shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
-    sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
-    equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
-    matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
-                        for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
-    report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity,
-                  compiled_vs_eager=matches, equal_mode=equal_mode, **summarize_check(measured, anchors, shares),
-                  wall_s=round(time.time() - t_start, 1))
-    (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
-    print_report(report, log)
+    work, record = Path(tempfile.mkdtemp(prefix='kd_nbs_gpucheck_')), out/'gpu_check_jobs.jsonl'   # lock, barriers, checkpoints (removed at the end)
+    try:
+        record.unlink(missing_ok=True)
+        jobs = jobs or (4 if cuda else 1)
+        base = dict(device=device, width=width, n_train=n_train, n_test=n_test, lock=str(work/'timing.lock'),
+                    compile_threads=max(1, (os.cpu_count() or 2) // jobs))
+        env = dict(device=device, gpu=torch.cuda.get_device_name() if cuda else None, torch=torch.__version__,
+                   python=sys.version.split()[0], cpus=os.cpu_count(), data=os.environ.get('KD_NBS_DATA') or 'random CIFAR-shaped')
+        log(f"GPU check on {env['gpu'] or device}: torch {env['torch']}, width {width}, batch 128, {steps} timed steps per row")
+        t_start = time.time()
+        order = sorted(modes, key=lambda m: {'default': 0, 'reduce-overhead': 1, 'off': 2}[m])   # compiles first, eager last
+        specs = [dict(base, kind='row', row=r, mode=m, steps=steps, warmup=warmup) for m in order for r in rows]
+        specs += [dict(base, kind='anchor', row=r, steps=max(20, steps // 2), warmup=5, workers=anchor_workers)
+                  for r in ('si', 'lm') if r in rows]
+        results = run_jobs(specs, jobs, log, record)
+        measured = [r for r in results if r.get('mode') != 'anchor']
+        anchors = [r for r in results if r.get('mode') == 'anchor']
+        si_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'si' and 'epoch_s' in r}
+        share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'     # the fastest way to train SI
+        shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
+        sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
+        equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
+        matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
+                            for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
+        report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity,
+                      compiled_vs_eager=matches, equal_mode=equal_mode, **summarize_check(measured, anchors, shares),
+                      wall_s=round(time.time() - t_start, 1))
+        (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
+        print_report(report, log)
+    finally: shutil.rmtree(work, ignore_errors=True)      # its lock, barriers and sanity checkpoints: nothing reported
     log(f'figures in {out/"gpu_check.json"}')
     return report
 

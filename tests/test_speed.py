@@ -1,5 +1,5 @@
 "Issue 7 on the CPU: folded teachers, compiled steps equal eager ones, CUDA-only options refused, the GPU check's JSON."
-import json, os, subprocess, sys
+import json, os, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
 import torch
@@ -56,9 +56,12 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     args = ('--device cpu --width 0.0625 --steps 2 --warmup 1 --n-train 512 --n-test 256 --share 1 2 '
             '--share-seconds 1 --anchor-workers 0 --equal crd')
     env = {k: v for k, v in os.environ.items() if k != 'KD_NBS_DATA'}
+    work_dirs = lambda: set(Path(tempfile.gettempdir()).glob('kd_nbs_gpucheck_*'))   # its lock, barriers, checkpoints
+    before = work_dirs()
     r = subprocess.run(['make', '-s', 'gpu-check', f'PYTHON={sys.executable}', f'GPU_OUT={out}', f'GPU_CHECK_ARGS={args}'],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert work_dirs() - before == set(), 'the check left its work folder behind'
     report = json.loads((out/'gpu_check.json').read_text())
     assert sorted(x['row'] for x in report['rows']) == sorted(ROWS)
     assert all(x['epoch_s'] > 0 and 'error' not in x for x in report['rows'])
