@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import CIFAR100, BatchAugment, iterate_batches, normalize
 from .models import VGG, VGGOutput
+from .schedule import read_threads
 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
@@ -292,10 +293,8 @@ class Stepper:
 def adopt_threads() -> int:
     "Take the CPU threads offered in `$KD_NBS_THREADS_FILE` (a positive integer), if any; the threads in use."
     path = os.environ.get('KD_NBS_THREADS_FILE')
-    if path:
-        try: n = int(Path(path).read_text().strip() or 0)
-        except (OSError, ValueError): n = 0          # not written yet, or being rewritten: ask again later
-        if n > 0 and n != torch.get_num_threads(): torch.set_num_threads(n)
+    n = (read_threads(path) or 0) if path else 0     # None: not written yet, or being rewritten; ask again later
+    if n > 0 and n != torch.get_num_threads(): torch.set_num_threads(n)
     return torch.get_num_threads()
 
 # %% ../nbs/00c_engine.ipynb #4b44709a

@@ -12,8 +12,8 @@ from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
 __all__ = ['Job', 'graph', 'capacity', 'die_with_parent', 'link_inputs', 'run_job', 'Executor', 'InlineExecutor', 'worker',
-           'threads_per_job', 'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress', 'Outcome',
-           'run_jobs', 'make_executor']
+           'threads_per_job', 'read_threads', 'LocalExecutor', 'duration', 'stage_status', 'slot_name', 'Progress',
+           'Outcome', 'run_jobs', 'make_executor']
 
 # %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
@@ -107,6 +107,13 @@ def threads_per_job(slots: int, cores: int | None = None) -> int:
     "CPU threads for each of `slots` jobs running at once: the cores shared out, at least one."
     return max(1, (cores or os.cpu_count() or 1) // max(1, slots))
 
+# %% ../nbs/90a_schedule.ipynb #rdthr001
+def read_threads(path: str | os.PathLike) -> int | None:
+    """The number in a threads file (`LocalExecutor` writes it, `engine.adopt_threads` reads it): 0 when empty, None
+    when it is gone or garbled (removed, or being rewritten)."""
+    try: return int(Path(path).read_text().strip() or 0)
+    except (OSError, ValueError): return None
+
 # %% ../nbs/90a_schedule.ipynb #b7c8d9e3
 class _Worker(NamedTuple):
     "A local worker's handle: its process, the files it may write or read, and where it is offered threads (or None)."
@@ -163,8 +170,7 @@ class LocalExecutor:
     def alone(self, handle: object) -> bool:
         "Offer the job every core (it takes them within a few steps); False when the user fixed the threads."
         offer = handle.offer
-        try: offered = int(offer.read_text() or 0) if offer is not None else None
-        except (OSError, ValueError): offered = None             # removed or garbled under us: leave it be
+        offered = read_threads(offer) if offer is not None else None   # None: removed or garbled under us, leave it be
         if offered is None or self.threads(1) <= offered: return False
         offer.write_text(str(self.threads(1))); return True
 
