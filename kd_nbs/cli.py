@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--gpus', default=None, metavar='0,1,...|all',
                    help='spread stages over these GPUs, each stage pinned to one with CUDA_VISIBLE_DEVICES')
     r.add_argument('--per-gpu', type=int, default=None, metavar='K',
-                   help='stages at once on each GPU (without --gpus: stages at once on this machine; default 1 per GPU, '
-                        'and 2 on a CPU run with 2 or more cores)')
+                   help='stages at once on each GPU (without --gpus: stages at once on this machine; default: as many as the '
+                        'GPU memory holds at 4 GB a stage, up to 4, and 2 on a CPU run with 2 or more cores)')
     r.add_argument('--executor', default='local', choices=['local', 'ray'],
                    help="where stages run: this machine, or Ray tasks (pip install -e '.[ray]')")
     r.add_argument('--address', default=None, help='the Ray cluster to join (default: start a local Ray)')

@@ -12,6 +12,8 @@ import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
 from .stages import STAGES
+from .runs import resolve_device, gpu_memory_gb
+from .schedule import gpu_slots
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
@@ -84,7 +86,9 @@ def _sync(device: str):
 def measure_row(row: str, mode: str, width: float, steps: int, warmup: int, data: CIFAR100, device: str,
                 lock: str | None = None, batch_size: int = 128) -> dict:
     """Per-epoch time of one row in one compile mode: `steps` training steps of the engine's own epoch loop after
-    `warmup` steps (compilation happens there), scaled to a full CIFAR-100 epoch, plus one full evaluation."""
+    `warmup` steps (compilation happens there), scaled to a full CIFAR-100 epoch, plus a full evaluation timed twice:
+    the first (`eval_first_s`, where cuDNN tunes its kernels for the evaluation's shapes) comes once a training, the
+    second (`eval_s`) every epoch after it."""
     cuda = device.startswith('cuda')
     cfg = TrainConfig(batch_size=batch_size, device=device, amp=cuda, channels_last=True, compile=mode, drop_last=True,
                       epochs=1)
@@ -101,10 +105,12 @@ def measure_row(row: str, mode: str, width: float, steps: int, warmup: int, data
         _sync(device); t0 = time.perf_counter()
         train_epoch(step, data, dataclasses.replace(cfg, max_batches=steps), 2, progress=False, method=method)
         _sync(device); step_s = (time.perf_counter() - t0) / steps
+        t0 = time.perf_counter(); evaluate_epoch(student, data, cfg); _sync(device); first_s = time.perf_counter() - t0
         t0 = time.perf_counter(); evaluate_epoch(student, data, cfg); _sync(device); eval_s = time.perf_counter() - t0
     n_steps = steps_per_epoch(50_000, cfg)
     return dict(row=row, mode=mode, compiled=step.compiled, width=width, batch_size=batch_size, steps=steps,
                 step_ms=round(1e3 * step_s, 3), img_s=round(batch_size / step_s), eval_s=round(eval_s, 3),
+                eval_first_s=round(first_s, 3),
                 epoch_s=round(n_steps * step_s + eval_s * 10_000 / len(data.test_y), 3), warmup_s=round(warm_s, 1),
                 peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
 
@@ -245,8 +251,9 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
     return best
 
 def training_seconds(best: dict[str, dict]) -> dict[str, float]:
-    "Seconds of each training of `PAPER_STUDY` that a measured row prices (epochs × the row's epoch time)."
-    return {what: epochs * best[row]['epoch_s'] for what, epochs, row, _ in PAPER_STUDY if row in best}
+    "Seconds of each training of `PAPER_STUDY` that a measured row prices: epochs × its epoch time, and its first evaluation's extra."
+    extra = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0))
+    return {what: epochs * best[row]['epoch_s'] + extra(best[row]) for what, epochs, row, _ in PAPER_STUDY if row in best}
 
 def stage_seconds(best: dict[str, dict], eval_s: float) -> tuple[dict[str, float], list[str]]:
     "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
@@ -315,10 +322,14 @@ def measure_sharing(base: dict,              # the job fields every measurement 
     return shares
 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f2
-def summarize_check(measured: list[dict], anchors: list[dict], shares: dict[int, dict]) -> dict:
+def summarize_check(measured: list[dict],       # the rows' figures (`measure_row`)
+                    anchors: list[dict],        # the anchors' loop (`measure_anchor`)
+                    shares: dict[int, dict],    # images/s of n trainings sharing the device (`measure_sharing`)
+                    per_gpu: int = 1,           # stages the suite runs at once on this GPU by default (`gpu_slots`)
+                    ) -> dict:
     """The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and the projected
-    paper study (one seed and three, one stage at a time; three seeds with the number of stages sharing the GPU that
-    finishes first, scheduled over the stage graph)."""
+    paper study: one seed and three, one stage at a time, with the suite's default `per_gpu` stages sharing the GPU,
+    and with the number that finishes first, each scheduled over the stage graph."""
     best = best_rows(measured)
     eval_s = best.get('si', {}).get('eval_s', 0.0)
     one = shares.get(1, {}).get('img_s') or 0
@@ -327,10 +338,12 @@ def summarize_check(measured: list[dict], anchors: list[dict], shares: dict[int,
                   '3 seeds, one stage at a time': project_study(best, eval_s, 3)}
     seconds, missing = stage_seconds(best, eval_s)
     shared = {k: project_shared(seconds, 3, k, speedups) for k in speedups if k > 1}
-    if shared:                                    # the number of stages at once that finishes first
-        k = min(shared, key=shared.get)
-        projection[f'1 seed, {k} stages sharing the GPU'] = dict(seeds=1, minutes=round(project_shared(seconds, 1, k, speedups) / 60, 1), missing=missing)
-        projection[f'3 seeds, {k} stages sharing the GPU'] = dict(seeds=3, minutes=round(shared[k] / 60, 1), missing=missing)
+    ks = ([min(shared, key=shared.get)] if shared else []) + ([per_gpu] if per_gpu > 1 and len(speedups) > 1 else [])
+    for k in dict.fromkeys(ks):                   # the number of stages at once that finishes first; the default
+        label = f'{k} stages sharing the GPU' + (' (the default here)' if k == per_gpu else '')
+        for seeds in (1, 3):
+            minutes = round(project_shared(seconds, seeds, k, speedups) / 60, 1)
+            projection[f'{seeds} seed{"s" if seeds > 1 else ""}, {label}'] = dict(seeds=seeds, minutes=minutes, missing=missing)
     vs_anchor = {a['row']: round(a['step_ms'] / best[a['row']]['step_ms'], 2) for a in anchors
                  if a.get('row') in best and 'step_ms' in a}
     return dict(best={k: v['mode'] for k, v in best.items()}, share_speedup=speedups, speedup_vs_anchor=vs_anchor,
@@ -340,7 +353,7 @@ def summarize_check(measured: list[dict], anchors: list[dict], shares: dict[int,
 def print_report(report: dict, log=print) -> None:
     "The check's table (every row and the anchors), then sharing, the sanity run, compiled against eager and the projections."
     import pandas as pd
-    cols = ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')
+    cols = ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_first_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')
     log('\n' + pd.DataFrame([{k: r.get(k) for k in cols} for r in report['rows'] + report['anchors']]).to_string(index=False))
     log(f"\nour pipeline vs the anchors' loop (step time ratio): {report['speedup_vs_anchor']}")
     log(f"{len(report['share'])} processes sharing the device ({report['share_mode']}): "
@@ -373,9 +386,8 @@ def gpu_check(out: str,                          # folder for gpu_check.json
               equal: list[str] | None = None,    # rows to train compiled against eager (None: the distillation students)
               log=print) -> dict:                # where progress lines go
     "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `out`."
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = resolve_device(device)
     cuda = device.startswith('cuda')
-    if cuda and not torch.cuda.is_available(): raise ValueError(f'device={device!r}: no CUDA GPU here')
     modes = modes or (list(COMPILE_MODES) if cuda else ['off'])
     if bad := [m for m in modes if m not in COMPILE_MODES]: raise ValueError(f'modes {bad}: choose from {COMPILE_MODES}')
     rows = rows or list(ROWS)
@@ -387,6 +399,7 @@ def gpu_check(out: str,                          # folder for gpu_check.json
         base = dict(device=device, width=width, n_train=n_train, n_test=n_test, lock=str(work/'timing.lock'),
                     compile_threads=max(1, (os.cpu_count() or 2) // jobs))
         env = dict(device=device, gpu=torch.cuda.get_device_name() if cuda else None, torch=torch.__version__,
+                   gpu_gb=round(gpu_memory_gb(), 1) if cuda else None,
                    python=sys.version.split()[0], cpus=os.cpu_count(), data=os.environ.get('KD_NBS_DATA') or 'random CIFAR-shaped')
         log(f"GPU check on {env['gpu'] or device}: torch {env['torch']}, width {width}, batch 128, {steps} timed steps per row")
         t_start = time.time()
@@ -405,7 +418,8 @@ def gpu_check(out: str,                          # folder for gpu_check.json
         matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
                             for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
         report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity,
-                      compiled_vs_eager=matches, equal_mode=equal_mode, **summarize_check(measured, anchors, shares),
+                      compiled_vs_eager=matches, equal_mode=equal_mode,
+                      **summarize_check(measured, anchors, shares, gpu_slots(env['gpu_gb'])),
                       wall_s=round(time.time() - t_start, 1))
         (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
         print_report(report, log)

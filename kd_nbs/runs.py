@@ -16,7 +16,7 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, Tr
                            CrossEntropy, train_step, write_text_atomic)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'project_root',
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'gpu_memory_gb', 'project_root',
            'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'run_params', 'best_checkpoint',
            'freeze', 'reports_dir', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result',
            'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
@@ -51,6 +51,12 @@ def resolve_preset(preset: str = 'auto', device: str = 'cpu') -> str:
     if preset == 'auto': preset = os.environ.get('KD_NBS_PRESET') or ('paper' if device.startswith('cuda') else 'quick')
     if preset not in PRESETS: raise ValueError(f'preset={preset!r}; choose one of {sorted(PRESETS) + ["auto"]}')
     return preset
+
+# %% ../nbs/00d_runs.ipynb #gpumem01
+def gpu_memory_gb() -> float | None:
+    "GiB of memory of the smallest CUDA GPU this process sees (None without one): how many stages may share one."
+    if not torch.cuda.is_available(): return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / 2**30
 
 # %% ../nbs/00d_runs.ipynb #6b06d9ad
 def project_root(start: Path | None = None) -> Path | None:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, resolve_device, setup_run, RUN_PARAMS
+from .runs import project_root, resolve_device, gpu_memory_gb, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
-from .schedule import Job, Progress, capacity, make_executor, run_jobs
+from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_jobs
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
@@ -337,13 +337,21 @@ def finish(run_dir: Path, seeds, config: dict, outcomes: dict, site: bool = True
     if missing: raise SuiteError(failure_report(outcomes, run_dir))
 
 # %% ../nbs/90_suite.ipynb #slots001
-def default_slots(gpus: list[str] | None, device: str | None, executor: str = 'local', cores: int | None = None) -> int:
-    "Stages at once when `--per-gpu` is not given: 1 per GPU, or on a CPU run 2 when the machine has 2 cores or more."
-    try: on_cpu = executor == 'local' and not gpus and not resolve_device(device).startswith('cuda')
-    except ValueError: on_cpu = False        # CUDA asked for without a GPU: `check_values` says so, stage by stage
+def default_slots(gpus: list[str] | None,        # the `--gpus` list (None: no pinning)
+                  device: str | None,            # the run's device (None: CUDA when available)
+                  executor: str = 'local',       # 'local' or 'ray'
+                  cores: int | None = None,      # CPU cores (None: this machine's)
+                  gpu_gb: float | None = None,   # GiB of the smallest GPU (None: ask torch)
+                  ) -> int:
+    """Stages at once when `--per-gpu` is not given: on a GPU as many as its memory holds, up to 4 (`gpu_slots`);
+    on a CPU run 2 when the machine has 2 cores or more; under Ray 1 (`--per-gpu` sets a task's share of a GPU)."""
+    if executor != 'local': return 1
+    try: cuda = bool(gpus) or resolve_device(device).startswith('cuda')
+    except ValueError: return 1              # CUDA asked for without a GPU: `check_values` says so, stage by stage
+    if cuda: return gpu_slots(gpu_memory_gb() if gpu_gb is None else gpu_gb)
     # Two stages of one thread each get more done than one stage of two: on 2 cores the quick suite took 21.0 min
     # against 23.6 one at a time, its accuracies within the seed-to-seed spread (README, "In parallel").
-    return 2 if on_cpu and (cores or os.cpu_count() or 1) >= 2 else 1
+    return 2 if (cores or os.cpu_count() or 1) >= 2 else 1
 
 # %% ../nbs/90_suite.ipynb #6b0f8115
 def run_suite(name: str = 'quick',                  # run folder: reports/<name>/

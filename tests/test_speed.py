@@ -65,6 +65,7 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     report = json.loads((out/'gpu_check.json').read_text())
     assert sorted(x['row'] for x in report['rows']) == sorted(ROWS)
     assert all(x['epoch_s'] > 0 and 'error' not in x for x in report['rows'])
+    assert all(x['eval_first_s'] > 0 and x['eval_s'] > 0 for x in report['rows'])   # the first evaluation and the next
     assert {a['row'] for a in report['anchors']} == {'si', 'lm'} and all(a['img_s'] > 0 for a in report['anchors'])
     assert set(report['share']) == {'1', '2'} and all(v['img_s'] > 0 for v in report['share'].values())
     (eq,) = report['compiled_vs_eager']                     # CRD trained compiled gives the eager losses
@@ -76,3 +77,4 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     shared = [v for k, v in report['projection'].items() if k.startswith('1 seed, 2 stages')]   # scheduled over the graph
     assert len(shared) == 1 and 0 < shared[0]['minutes']
     assert 'projected paper study' in r.stdout
+    assert report['env']['gpu_gb'] is None and not any('default here' in k for k in report['projection'])   # no GPU: 1 at a time
