@@ -18,10 +18,10 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'EQUAL_RTOL', 'check_data', 'build_row',
-           'measure_row', 'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows',
-           'training_seconds', 'stage_seconds', 'project_study', 'project_shared', 'measure_sharing', 'summarize_check',
-           'print_report', 'gpu_check', 'main']
+__all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'PROFILE_STEPS', 'EQUAL_RTOL', 'check_data',
+           'build_row', 'measure_row', 'profile_step', 'measure_anchor', 'measure_share', 'sanity_run',
+           'compiled_vs_eager', 'run_jobs', 'best_rows', 'training_seconds', 'stage_seconds', 'project_study',
+           'project_shared', 'measure_sharing', 'summarize_check', 'print_report', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -83,6 +83,15 @@ def build_row(row: str, width: float, n_data: int) -> tuple[VGG, object, VGG | N
 def _sync(device: str):
     if device.startswith('cuda'): torch.cuda.synchronize()
 
+def _row_step(row: str, mode: str, width: float, data: CIFAR100, device: str, batch_size: int):
+    "The run's config, the student, its method and the `Stepper` that `fit` would build for a row."
+    cfg = TrainConfig(batch_size=batch_size, device=device, amp=device.startswith('cuda'), channels_last=True,
+                      compile=mode, drop_last=True, epochs=1)
+    student, method, teacher = build_row(row, width, len(data.train_y))
+    student.to(device, memory_format=torch.channels_last); method.to(device)
+    model = Trainable(student, method)
+    return cfg, student, method, Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), cfg.amp, mode)
+
 def measure_row(row: str, mode: str, width: float, steps: int, warmup: int, data: CIFAR100, device: str,
                 lock: str | None = None, batch_size: int = 128) -> dict:
     """Per-epoch time of one row in one compile mode: `steps` training steps of the engine's own epoch loop after
@@ -90,12 +99,7 @@ def measure_row(row: str, mode: str, width: float, steps: int, warmup: int, data
     the first (`eval_first_s`, where cuDNN tunes its kernels for the evaluation's shapes) comes once a training, the
     second (`eval_s`) every epoch after it."""
     cuda = device.startswith('cuda')
-    cfg = TrainConfig(batch_size=batch_size, device=device, amp=cuda, channels_last=True, compile=mode, drop_last=True,
-                      epochs=1)
-    student, method, teacher = build_row(row, width, len(data.train_y))
-    student.to(device, memory_format=torch.channels_last); method.to(device)
-    model = Trainable(student, method)
-    step = Stepper(model, prepare_teacher(teacher, cfg), make_optimizer(model.parameters(), cfg), cfg.amp, mode)
+    cfg, student, method, step = _row_step(row, mode, width, data, device, batch_size)
     if cuda: torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     train_epoch(step, data, dataclasses.replace(cfg, max_batches=warmup), 0, progress=False, method=method)
@@ -121,6 +125,43 @@ class _locked:
         if self.path: self.f = open(self.path, 'a'); fcntl.flock(self.f, fcntl.LOCK_EX)
     def __exit__(self, *a):
         if self.path: fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close()
+
+# %% ../nbs/94_gpucheck.ipynb #prof0002
+PROFILE_STEPS = 20   # enough for a mean per step of every operation, few enough for a small trace
+
+def _self_device_us(e) -> float:
+    "An averaged profiler event's own time on the device (µs); the attribute's name changed in torch 2.4."
+    return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0) or 0
+
+def profile_step(row: str,                     # the row to profile (`ROWS`)
+                 mode: str,                    # its compile mode
+                 width: float,                 # channel multiplier
+                 warmup: int,                  # untimed steps first (compilation, CUDA-graph recording)
+                 data: CIFAR100,               # the images, on `device`
+                 device: str,                  # where to train
+                 lock: str | None = None,      # a file lock shared with the timed rows
+                 batch_size: int = 128,        # images per step
+                 steps: int = PROFILE_STEPS,   # profiled steps
+                 top: int = 12,                # host operations to list
+                 ) -> dict:
+    "Per step of `row`: wall ms under the profiler, the device's kernel ms, and the host's costliest operations."
+    from torch.profiler import profile, ProfilerActivity
+    cuda = device.startswith('cuda')
+    cfg, student, method, step = _row_step(row, mode, width, data, device, batch_size)
+    steps = min(steps, steps_per_epoch(len(data.train_y), cfg))      # a small data set has fewer batches
+    train_epoch(step, data, dataclasses.replace(cfg, max_batches=warmup), 0, progress=False, method=method)
+    with _locked(lock):
+        _sync(device); t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            train_epoch(step, data, dataclasses.replace(cfg, max_batches=steps), 1, progress=False, method=method)
+            _sync(device)
+        wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return dict(row=row, mode=mode, compiled=step.compiled, steps=steps, wall_ms=round(wall_ms, 3),
+                device_ms=round(sum(map(_self_device_us, events)) / 1e3 / steps, 3) if cuda else None,
+                host_top=[dict(op=e.key[:80], calls=round(e.count / steps, 1), us=round(e.self_cpu_time_total / steps, 1))
+                          for e in host])
 
 # %% ../nbs/94_gpucheck.ipynb #c8eca04e
 def measure_anchor(row: str, width: float, steps: int, warmup: int, data: CIFAR100, device: str, workers: int = 8,
@@ -213,6 +254,7 @@ def _worker(spec: dict) -> dict:
     real = os.environ.get('KD_NBS_DATA') if kind != 'sanity' else None   # the sanity run wants learnable data
     data = check_data(dev, spec['n_train'], spec['n_test'], real, learnable=kind == 'sanity')
     if kind == 'row': return measure_row(spec['row'], spec['mode'], spec['width'], spec['steps'], spec['warmup'], data, dev, spec['lock'])
+    if kind == 'profile': return profile_step(spec['row'], spec['mode'], spec['width'], spec['warmup'], data, dev, spec['lock'])
     if kind == 'anchor': return measure_anchor(spec['row'], spec['width'], spec['steps'], spec['warmup'], data, dev, spec['workers'], spec['lock'])
     if kind == 'share': return measure_share(spec['mode'], spec['width'], spec['seconds'], data, dev, spec['barrier'], spec['k'], spec['rank'])
     if kind == 'sanity': return sanity_run(spec['out'], spec['mode'], data, dev, spec['width'])
@@ -365,6 +407,10 @@ def print_report(report: dict, log=print) -> None:
     log(f"compiled ({report['equal_mode']}) against eager, 2 fp32 steps, largest relative loss difference: "
         + ', '.join(f"{r.get('row')} {r.get('max_rel_diff', r.get('error'))}" for r in m)
         + f"; all within {EQUAL_RTOL}: {all(r.get('equal') for r in m)}")
+    if p := report.get('profile'):
+        log(f"where an LM step's time goes ({p.get('mode')}, under the profiler): {p.get('wall_ms')} ms a step, the device's "
+            f"kernels {p.get('device_ms')} ms; the host's costliest: "
+            + '; '.join(f"{o['op']} {o['us']} µs ({o['calls']}x)" for o in p.get('host_top', [])[:6]) + f" {p.get('error', '')}")
     for k, v in report['projection'].items():
         log(f'projected paper study, {k}: {v["minutes"]} min' + (f' (missing {v["missing"]})' if v['missing'] else ''))
     log(f'check took {report["wall_s"]} s')
@@ -413,11 +459,14 @@ def gpu_check(out: str,                          # folder for gpu_check.json
         si_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'si' and 'epoch_s' in r}
         share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'     # the fastest way to train SI
         shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
+        lm_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'lm' and 'epoch_s' in r}
+        prof = run_jobs([dict(base, kind='profile', row='lm', mode=min(lm_modes, key=lm_modes.get), warmup=warmup)],
+                        1, log, record)[0] if lm_modes else {}
         sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
         equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
         matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
                             for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
-        report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity,
+        report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity, profile=prof,
                       compiled_vs_eager=matches, equal_mode=equal_mode,
                       **summarize_check(measured, anchors, shares, gpu_slots(env['gpu_gb'])),
                       wall_s=round(time.time() - t_start, 1))

@@ -70,6 +70,8 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     assert set(report['share']) == {'1', '2'} and all(v['img_s'] > 0 for v in report['share'].values())
     (eq,) = report['compiled_vs_eager']                     # CRD trained compiled gives the eager losses
     assert eq['row'] == 'crd' and eq['compiled'] and eq['equal'], eq
+    pr = report['profile']                                  # where an LM step's time goes
+    assert pr['row'] == 'lm' and pr['wall_ms'] > 0 and len(pr['host_top']) == 12, pr
     s = report['sanity']
     assert s['finite'] and s['cpu_load'] and s['same_predictions'], s
     p = report['projection']['1 seed, one stage at a time']
