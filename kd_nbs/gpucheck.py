@@ -145,8 +145,10 @@ def profile_step(row: str,                     # the row to profile (`ROWS`)
                  top: int = 12,                # host operations to list
                  ) -> dict:
     "Per step of `row`: wall ms under the profiler, the device's kernel ms, and the host's costliest operations."
-    from torch.profiler import profile, ProfilerActivity
     cuda = device.startswith('cuda')
+    # without a GPU, the profiler's library logs "ERROR: gpuGetDeviceCount failed": true, and of no interest here
+    if not cuda: os.environ.setdefault('KINETO_LOG_LEVEL', '5')
+    from torch.profiler import profile, ProfilerActivity
     cfg, student, method, step = _row_step(row, mode, width, data, device, batch_size)
     steps = min(steps, steps_per_epoch(len(data.train_y), cfg))      # a small data set has fewer batches
     train_epoch(step, data, dataclasses.replace(cfg, max_batches=warmup), 0, progress=False, method=method)
