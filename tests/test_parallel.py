@@ -69,6 +69,16 @@ def test_stages_share_fake_gpus_in_dependency_order(tmp_path, capsys):
     assert (run/'progress.log').read_text().count('running on gpu') == 2 * len(STAGES)
 
 
+def test_without_per_gpu_as_many_stages_share_a_gpu_as_its_memory_holds(tmp_path, monkeypatch):
+    import kd_nbs.suite
+    monkeypatch.setattr(kd_nbs.suite, 'gpu_memory_gb', lambda: 139.8)     # an H200: 4 stages of 4 GB, the most allowed
+    nbs = fake_notebooks(tmp_path/'nbs', sleep=3.0)
+    t = timings(run_suite('g', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, gpus=['0']))
+    spans = [(r['start'], r['end']) for r in t.values()]
+    assert len(t) == len(STAGES) and {r['gpu'] for r in t.values()} == {'0'}
+    assert max(sum(s <= t0 < e for s, e in spans) for t0, _ in spans) in (3, 4)   # more than 1 or 2, never over 4
+
+
 def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_path, capsys):
     nbs = fake_notebooks(tmp_path/'nbs', fail='lm', sleep=0.2)
     kw = dict(seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2)
