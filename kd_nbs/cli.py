@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     if args.command == 'gpu-check':
         from kd_nbs.gpucheck import main as gpu_check
-        return gpu_check(rest)
+        return gpu_check(rest, prog='kd-nbs gpu-check')
     if rest: p.error(f'unrecognized arguments: {" ".join(rest)}')
     from kd_nbs.suite import SuiteError
     try:

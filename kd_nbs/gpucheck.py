@@ -479,8 +479,8 @@ def gpu_check(out: str,                          # folder for gpu_check.json
     return report
 
 # %% ../nbs/94_gpucheck.ipynb #e7c103d0
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m kd_nbs.gpucheck', description='Per-epoch times, memory, sharing and a '
+def main(argv: list[str] | None = None, prog: str = 'python -m kd_nbs.gpucheck') -> int:
+    p = argparse.ArgumentParser(prog=prog, description='Per-epoch times, memory, sharing and a '
                                 'bf16 sanity run on this GPU; projects the paper study. Needs torch, numpy, pandas, tqdm.')
     p.add_argument('out', nargs='?', default='gpu-check', help='folder for gpu_check.json')
     p.add_argument('--job', help=argparse.SUPPRESS)
