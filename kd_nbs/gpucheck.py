@@ -458,12 +458,11 @@ def gpu_check(out: str,                          # folder for gpu_check.json
         results = run_jobs(specs, jobs, log, record)
         measured = [r for r in results if r.get('mode') != 'anchor']
         anchors = [r for r in results if r.get('mode') == 'anchor']
-        si_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'si' and 'epoch_s' in r}
-        share_mode = min(si_modes, key=si_modes.get) if si_modes else 'off'     # the fastest way to train SI
+        best = best_rows(measured)                                    # the fastest mode of each row
+        share_mode = best['si']['mode'] if 'si' in best else 'off'     # the fastest way to train SI
         shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
-        lm_modes = {r['mode']: r['epoch_s'] for r in measured if r.get('row') == 'lm' and 'epoch_s' in r}
-        prof = run_jobs([dict(base, kind='profile', row='lm', mode=min(lm_modes, key=lm_modes.get), warmup=warmup)],
-                        1, log, record)[0] if lm_modes else {}
+        prof = run_jobs([dict(base, kind='profile', row='lm', mode=best['lm']['mode'], warmup=warmup)],
+                        1, log, record)[0] if 'lm' in best else {}
         sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
         equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
         matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
