@@ -13,7 +13,7 @@ from .engine import Method
 from .models import VGG, feature_shapes
 
 # %% auto #0
-__all__ = ['NEGATIVES', 'Embed', 'contrast_scores', 'log_normalizer', 'nce_loss', 'momentum_update', 'CRD']
+__all__ = ['NEGATIVES', 'Embed', 'contrast_scores', 'log_normalizer', 'kept_negatives', 'nce_loss', 'momentum_update', 'CRD']
 
 # %% ../nbs/05_crd.ipynb #530f868d
 class Embed(nn.Module):
@@ -38,6 +38,10 @@ def log_normalizer(scores: tuple[torch.Tensor, ...], n_data: int) -> torch.Tenso
     return torch.logsumexp(flat, 0) - math.log(flat.numel()) + math.log(n_data)
 
 # %% ../nbs/05_crd.ipynb #c9b1e0a7
+def kept_negatives(drop: torch.Tensor) -> torch.Tensor:
+    "Each sample's count of the negatives it keeps, from `drop` [B, K] (float32: summing as int64 took twice as long)."
+    return drop.shape[1] - drop.sum(1, dtype=torch.float32)
+
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, n_data: int,
              drop: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> torch.Tensor:
     """NCE loss for scores `v·m/τ` of the positives `pos` [B, 1] and negatives `neg` [B, K], with h = exp(score)/Z
@@ -49,7 +53,7 @@ def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, 
     k = neg.shape[1]
     if drop is None: log_kpn = math.log(k / n_data)
     else:
-        if kept is None: kept = k - drop.sum(1, dtype=torch.float32)     # summing as int64 took twice as long
+        if kept is None: kept = kept_negatives(drop)
         log_kpn = torch.log(kept.clamp_min(1) / n_data)[:, None]
     shift = log_z + log_kpn                                   # log(Z·K·P_n): a number, or one per sample
     terms = F.softplus(neg - shift)
@@ -138,7 +142,7 @@ class CRD(Method):
             v_t = self.embed_t(teacher.embedding.detach().float())
             negatives = torch.randint(0, self.n_data, (self.k_draw,), device=index.device)
             drop = self.labels[negatives][None, :] == labels[:, None] if self.labels is not None else None
-            kept = self.k_draw - drop.sum(1, dtype=torch.float32) if drop is not None else None   # both sides' count
+            kept = kept_negatives(drop) if drop is not None else None   # counted once for both sides
             # student vs teacher bank and vice versa
             s_pos, s_neg = contrast_scores(v_s, self.memory_t, index, negatives, self.tau)
             t_pos, t_neg = contrast_scores(v_t, self.memory_s, index, negatives, self.tau)
