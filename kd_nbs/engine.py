@@ -22,8 +22,8 @@ from .schedule import read_threads
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
            'write_text_atomic', 'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable',
            'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict',
-           'accuracy', 'params_diff', 'DivergedError', 'TrainState', 'run_files', 'checkpoint_state', 'resume',
-           'steps_per_epoch', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
+           'accuracy', 'params_diff', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch',
+           'DivergedError', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00c_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -41,6 +41,7 @@ class Method(nn.Module):
     def after_step(self) -> None:
         "Called after each optimiser step, outside any compiled region; the default does nothing."
 
+# %% ../nbs/00c_engine.ipynb #eng0ce01
 class CrossEntropy(Method):
     "Plain supervised training: the teachers and the independent student (SI)."
     def forward(self, student, teacher, labels, index):
@@ -180,6 +181,7 @@ def init_distributed() -> tuple[int, int]:
     if dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
+# %% ../nbs/00c_engine.ipynb #eng0dd01
 class Trainable(nn.Module):
     "Student and method as one module, so DDP synchronises the method's parameters too."
     def __init__(self, student: nn.Module, method: Method):
@@ -254,6 +256,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, **fast)
 
+# %% ../nbs/00c_engine.ipynb #eng0st01
 class Stepper:
     "`train_step` with the student's step and the teacher's forward compiled per `mode`, falling back to eager."
     def __init__(self, model: nn.Module,                 # a `Trainable` (student and method), possibly in DDP
@@ -331,6 +334,7 @@ def predict(model: nn.Module,                 # any network returning logits; ev
     model.train(was_training)
     return torch.cat(out).cpu()     # one copy back to the host, not one per batch
 
+# %% ../nbs/00c_engine.ipynb #eng0ev01
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     "Top-1 accuracy in percent."
     return (logits.argmax(1) == labels[:len(logits)].to(logits.device)).float().mean().item() * 100
@@ -350,9 +354,6 @@ def _write_metrics(history: list, path: Path) -> None:
     "The metrics file: one JSON line per finished epoch."
     write_text_atomic(''.join(json.dumps(r) + '\n' for r in history), path)
 
-class DivergedError(RuntimeError):
-    "The training loss became NaN or infinite."
-
 # %% ../nbs/00c_engine.ipynb #0221abfb
 @dataclass
 class TrainState:
@@ -362,6 +363,7 @@ class TrainState:
     best_acc: float = -1.0
     wall_s: float = 0.0
 
+# %% ../nbs/00c_engine.ipynb #eng0lp02
 def run_files(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     "The files a run named `name` writes in `out_dir`."
     d = Path(out_dir)
@@ -407,6 +409,9 @@ def steps_per_epoch(n_train: int, cfg: TrainConfig, world: int = 1) -> int:
     return min(steps, cfg.max_batches) if cfg.max_batches else steps
 
 # %% ../nbs/00c_engine.ipynb #e1f2a3b2
+class DivergedError(RuntimeError):
+    "The training loss became NaN or infinite."
+
 def _check_finite(step_loss: torch.Tensor, desc: str, epoch: int) -> None:
     "A `DivergedError` naming the first step whose loss is not finite, if there is one."
     bad = (~torch.isfinite(step_loss)).nonzero()
