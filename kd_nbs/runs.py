@@ -38,6 +38,7 @@ PRESETS: dict[str, dict] = {
                   max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=20), **_COMMON),
 }
 
+# %% ../nbs/00d_runs.ipynb #runs0dv1
 def resolve_device(device: str | None = None) -> str:
     "`device`, or CUDA when available, else the CPU; asking for CUDA without a GPU is an error."
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -46,6 +47,7 @@ def resolve_device(device: str | None = None) -> str:
     torch.device(device)   # raises on nonsense such as 'gpu0'
     return str(device)
 
+# %% ../nbs/00d_runs.ipynb #runs0pr1
 def resolve_preset(preset: str = 'auto', device: str = 'cpu') -> str:
     "The preset a name stands for: `auto` is `$KD_NBS_PRESET`, else `paper` on CUDA and `quick` on the CPU."
     if preset == 'auto': preset = os.environ.get('KD_NBS_PRESET') or ('paper' if device.startswith('cuda') else 'quick')
@@ -60,11 +62,14 @@ def gpu_memory_gb() -> float | None:
 
 # %% ../nbs/00d_runs.ipynb #6b06d9ad
 def project_root(start: Path | None = None) -> Path | None:
+    "The kd-nbs checkout holding `start` (None: the current folder): the first folder upwards with our `settings.ini`."
     for d in [p := (start or Path.cwd()).resolve(), *p.parents]:
         if (d/'settings.ini').is_file() and 'lib_name = kd_nbs' in (d/'settings.ini').read_text(): return d
     return None
 
+# %% ../nbs/00d_runs.ipynb #runs0od1
 def default_out_dir() -> Path:
+    "`$KD_NBS_OUT`, else `outputs/` at the project's root (the current folder outside a checkout)."
     if os.environ.get('KD_NBS_OUT'): return Path(os.environ['KD_NBS_OUT'])
     return (project_root() or Path.cwd())/'outputs'
 
@@ -135,6 +140,7 @@ class Run:
         "The parameters to store with a result."
         return dict(preset=self.preset, role=self.role, width=self.width, **self.hparams, **more)
 
+# %% ../nbs/00d_runs.ipynb #runs0su1
 def setup_run(role: str = 'student',             # teacher | student | finetune: which of the preset's epochs and lr
               preset: str = 'auto',              # smoke | quick | paper | auto (paper on CUDA, quick elsewhere)
               epochs: int | None = None,         # None: the preset's
@@ -172,6 +178,7 @@ def setup_run(role: str = 'student',             # teacher | student | finetune:
     hparams = {k: p['method_defaults'].get(k) if v is None else v for k, v in hparams.items()}
     return Run(role, name, cfg, width, out, data_dir, p['eval_limit'], hparams)
 
+# %% ../nbs/00d_runs.ipynb #runs0rp1
 RUN_PARAMS = ('preset', 'epochs', 'lr', 'schedule', 'batch_size', 'width', 'seed', 'device', 'data_dir', 'out_dir', 'compile')
 
 def run_params(ns: dict) -> dict:
@@ -228,10 +235,12 @@ def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
 
 # %% ../nbs/00d_runs.ipynb #5a2c2cc7
 def load_data(run: Run) -> CIFAR100:
+    "The real CIFAR-100 from `run.data_dir` (checked: anything but the official 50,000 + 10,000 images is refused), on the run's device."
     return load_cifar100(run.data_dir, device=run.device)
 
 # %% ../nbs/00d_runs.ipynb #f23cbede
 def new_model(run: Run, arch: str = 'vgg11') -> VGG:
+    "A fresh `arch` at the run's width, initialised from the run's seed."
     torch.manual_seed(run.cfg.seed)
     return VGG(arch, width=run.width)
 
@@ -279,6 +288,7 @@ def plot_history(*results: dict, title: str = ''):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/00d_runs.ipynb #runs0sl1
 def summary_line(result: dict, baseline: dict | None = None) -> str:
     "`student_lm: 47.3% test accuracy (best of 4 epochs, 2.4 min); SI 43.8% (+3.5)`."
     s = (f'{result["name"]}: {result["best_acc"]:.2f}% test accuracy (best of {result["epochs"]} epochs, '
@@ -286,6 +296,7 @@ def summary_line(result: dict, baseline: dict | None = None) -> str:
     if baseline: s += f'; {baseline["name"]} {baseline["best_acc"]:.2f}% ({result["best_acc"] - baseline["best_acc"]:+.2f})'
     return s
 
+# %% ../nbs/00d_runs.ipynb #runs0sr1
 def show_result(run: Run, result: dict, baseline: str | None = 'student_si'):
     "The closing cell of a run notebook: training curves beside the baseline's (SI), and the summary line."
     base = read_result(run.out_dir, baseline) if baseline and baseline != result['name'] else None
