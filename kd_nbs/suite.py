@@ -19,8 +19,9 @@ from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 # %% auto #0
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
-           'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary', 'plan',
-           'refuse_or_archive', 'failure_report', 'select_stages', 'execute', 'finish', 'default_slots', 'run_suite']
+           'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary',
+           'select_stages', 'plan', 'refuse_or_archive', 'failure_report', 'execute', 'finish', 'default_slots',
+           'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -48,6 +49,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         out.setdefault(stage or '*', {})[param] = yaml.safe_load(value)
     return out
 
+# %% ../nbs/90_suite.ipynb #sui0sp01
 def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, accepts=None) -> dict:
     "What papermill passes to the stage's notebook: the shared values and `--set` values it `accepts`, then its own."
     ok = lambda k: accepts is None or k in accepts
@@ -91,10 +93,9 @@ def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
     for f in present: shutil.move(str(out_dir/f), str(dest/f))
     return dest
 
-# %% ../nbs/90_suite.ipynb #a98fb725
+# %% ../nbs/90_suite.ipynb #b85b02f8
 class SuiteError(RuntimeError): "A suite that cannot start or a stage that failed."
 
-# %% ../nbs/90_suite.ipynb #b85b02f8
 @contextmanager
 def run_lock(run_dir: Path):
     "An exclusive lock on `run_dir`, or a SuiteError naming who holds it."
@@ -241,6 +242,7 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         out[k] = mean_std(df)
     return out
 
+# %% ../nbs/90_suite.ipynb #sui0ws01
 def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict, missing: dict | None = None) -> dict[str, pd.DataFrame]:
     "`summary.json` (per-seed rows and mean ± std tables, the suite's parameters, what is `missing`) and `summary.md`."
     tables = collect(seed_dirs)
@@ -254,6 +256,14 @@ def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict, missi
     write_text_atomic(md + '\n', run_dir/'summary.md')
     return summary
 
+# %% ../nbs/90_suite.ipynb #sel00001
+def select_stages(only: list[str] | None) -> list[Stage]:
+    "The stages `--only` names (stages or groups), in the table's order; every stage for None."
+    if not only: return list(STAGES)
+    try: chosen = {s for n in only for s in stages_named(n)}
+    except KeyError as e: raise SuiteError(f'--only {" ".join(only)}: {e.args[0]}') from None
+    return [s for s in STAGES if s in chosen]
+
 # %% ../nbs/90_suite.ipynb #0491ae36
 def _writable(run_dir: Path) -> None:
     "A SuiteError unless `run_dir` can be made and written to."
@@ -263,6 +273,7 @@ def _writable(run_dir: Path) -> None:
     except OSError as e:
         raise SuiteError(f'cannot write the run folder {run_dir}: {e.strerror or e}; choose another --reports or --name') from None
 
+# %% ../nbs/90_suite.ipynb #sui0pl01
 def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path,
          sweeps: dict | None = None) -> list[Job]:
     "A job for every stage of every seed, then every sweep variant's; names and values checked before anything runs."
@@ -301,14 +312,6 @@ def failure_report(outcomes: dict, run_dir: Path) -> str:
     blocked = [k for k, o in outcomes.items() if o.status == 'blocked']
     return ('\n'.join(failed) + (f'\nNot run, because a stage they need failed: {", ".join(blocked)}.' if blocked else '')
             + f'\nEvery other stage finished; {run_dir/"summary.json"} has their results and lists what is missing.')
-
-# %% ../nbs/90_suite.ipynb #sel00001
-def select_stages(only: list[str] | None) -> list[Stage]:
-    "The stages `--only` names (stages or groups), in the table's order; every stage for None."
-    if not only: return list(STAGES)
-    try: chosen = {s for n in only for s in stages_named(n)}
-    except KeyError as e: raise SuiteError(f'--only {" ".join(only)}: {e.args[0]}') from None
-    return [s for s in STAGES if s in chosen]
 
 # %% ../nbs/90_suite.ipynb #exe00001
 def execute(jobs: list[Job], stages: list[Stage], executor: str, cap: dict, address: str | None, run_dir: Path,
