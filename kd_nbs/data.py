@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['CIFAR100_URL', 'CIFAR100_MD5', 'CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR100_SHA256', 'SPLIT_SIZES', 'NUM_CLASSES',
-           'default_data_root', 'find_data_root', 'CIFARFormatError', 'DatasetNotFoundError', 'read_split',
-           'read_classes', 'pixel_sha256', 'write_synthetic_cifar100', 'has_cifar100', 'download_cifar100',
+           'default_data_root', 'find_data_root', 'CIFARFormatError', 'write_synthetic_cifar100', 'read_split',
+           'read_classes', 'pixel_sha256', 'has_cifar100', 'DatasetNotFoundError', 'download_cifar100',
            'ensure_cifar100', 'CIFAR100', 'load_cifar100', 'random_crop_flip', 'normalize', 'color_jitter',
            'jitter_images', 'BatchAugment', 'iterate_batches']
 
@@ -31,10 +31,12 @@ CIFAR100_SHA256 = {'train': '4e457917601a66aed021f5fa37957b56c6319557c0a8ed5484d
 SPLIT_SIZES = {'train': 50_000, 'test': 10_000}
 NUM_CLASSES = 100
 
+# %% ../nbs/00a_data.ipynb #dat0dr01
 def default_data_root() -> Path:
     "The per-user cache folder used when neither `data_dir` nor `KD_NBS_DATA` is given."
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'kd_nbs'/'data'
 
+# %% ../nbs/00a_data.ipynb #dat0fr01
 def find_data_root(data_dir: str | os.PathLike | None = None) -> Path:
     "The folder that holds (or will hold) `cifar-100-python/`."
     return Path(data_dir or os.environ.get('KD_NBS_DATA') or default_data_root()).expanduser().resolve()
@@ -44,9 +46,6 @@ class CIFARFormatError(ValueError):
     "A CIFAR-100 file that exists but does not hold what it should."
 
 # %% ../nbs/00a_data.ipynb #d2586ce8
-class DatasetNotFoundError(FileNotFoundError):
-    "CIFAR-100 is not in the data folder and could not be downloaded."
-
 class _ArraysOnly(pickle.Unpickler):
     "Unpickles plain containers and numpy arrays, nothing that could run code."
     _ok = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
@@ -65,6 +64,21 @@ def _unpickle(path: Path) -> dict:
     if not isinstance(obj, dict): raise CIFARFormatError(f'{path}: expected a dict, found {type(obj).__name__}')
     return obj
 
+# %% ../nbs/00a_data.ipynb #a6fcd6ae
+def write_synthetic_cifar100(root: str | os.PathLike, per_class: tuple[int, int] = (5, 1), seed: int = 0) -> Path:
+    "Write a small random CIFAR-100 in the official layout under `root/cifar-100-python`; returns `root`."
+    rng, d = np.random.default_rng(seed), Path(root)/'cifar-100-python'
+    d.mkdir(parents=True, exist_ok=True)
+    for split, k in zip(('train', 'test'), per_class):
+        y = np.tile(np.arange(NUM_CLASSES), k)
+        x = rng.integers(0, 256, (len(y), 3072), dtype=np.uint8)
+        with open(d/split, 'wb') as f:
+            pickle.dump({'data': x, 'fine_labels': y.tolist(), 'coarse_labels': (y // 5).tolist(), 'batch_label': split}, f)
+    with open(d/'meta', 'wb') as f:
+        pickle.dump({'fine_label_names': [f'class{i}' for i in range(NUM_CLASSES)],
+                     'coarse_label_names': [f'super{i}' for i in range(20)]}, f)
+    return Path(root)
+
 # %% ../nbs/00a_data.ipynb #a934eaff
 def read_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     "Images as uint8 [N, 3, 32, 32] and fine labels as int64 [N] from one CIFAR-100 pickle."
@@ -81,6 +95,7 @@ def read_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise CIFARFormatError(f'{path}: fine labels must lie in 0..{NUM_CLASSES-1}, found {y.min()}..{y.max()}')
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
+# %% ../nbs/00a_data.ipynb #dat0rc01
 def read_classes(path: str | os.PathLike) -> list[str]:
     "The 100 fine class names from the `meta` pickle."
     path = Path(path)
@@ -89,28 +104,19 @@ def read_classes(path: str | os.PathLike) -> list[str]:
         raise CIFARFormatError(f"{path}: 'fine_label_names' should list {NUM_CLASSES} names")
     return [str(n) for n in names]
 
+# %% ../nbs/00a_data.ipynb #dat0px01
 def pixel_sha256(x: np.ndarray) -> str:
     "sha256 of uint8 images [N, 3, 32, 32] laid out as N,H,W,C, as in `../shared/data/README.md`."
     return hashlib.sha256(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).tobytes()).hexdigest()
 
-# %% ../nbs/00a_data.ipynb #a6fcd6ae
-def write_synthetic_cifar100(root: str | os.PathLike, per_class: tuple[int, int] = (5, 1), seed: int = 0) -> Path:
-    "Write a small random CIFAR-100 in the official layout under `root/cifar-100-python`; returns `root`."
-    rng, d = np.random.default_rng(seed), Path(root)/'cifar-100-python'
-    d.mkdir(parents=True, exist_ok=True)
-    for split, k in zip(('train', 'test'), per_class):
-        y = np.tile(np.arange(NUM_CLASSES), k)
-        x = rng.integers(0, 256, (len(y), 3072), dtype=np.uint8)
-        with open(d/split, 'wb') as f:
-            pickle.dump({'data': x, 'fine_labels': y.tolist(), 'coarse_labels': (y // 5).tolist(), 'batch_label': split}, f)
-    with open(d/'meta', 'wb') as f:
-        pickle.dump({'fine_label_names': [f'class{i}' for i in range(NUM_CLASSES)],
-                     'coarse_label_names': [f'super{i}' for i in range(20)]}, f)
-    return Path(root)
-
 # %% ../nbs/00a_data.ipynb #c4a30bb3
 def has_cifar100(root: Path) -> bool:
+    "Does `root` hold `cifar-100-python/` with its three files?"
     return all((root/'cifar-100-python'/n).is_file() for n in ('train', 'test', 'meta'))
+
+# %% ../nbs/00a_data.ipynb #dat0dl01
+class DatasetNotFoundError(FileNotFoundError):
+    "CIFAR-100 is not in the data folder and could not be downloaded."
 
 def download_cifar100(root: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_MD5) -> None:
     "Download and unpack the official archive into `root` (md5-checked, written atomically)."
@@ -126,6 +132,7 @@ def download_cifar100(root: Path, url: str = CIFAR100_URL, md5: str = CIFAR100_M
     with tarfile.open(part) as t: t.extractall(root, filter='data')
     part.unlink()
 
+# %% ../nbs/00a_data.ipynb #dat0en01
 def ensure_cifar100(data_dir=None, download: bool = True, url: str = CIFAR100_URL) -> Path:
     "The data root holding `cifar-100-python/`, downloading it there if needed."
     root = find_data_root(data_dir)
@@ -278,6 +285,7 @@ class BatchAugment:
         if self.jitter: x = color_jitter(x, generator=generator, **self.jitter)
         return random_crop_flip(x, self.pad, self.flip, generator) if (self.pad or self.flip) else x
 
+# %% ../nbs/00a_data.ipynb #dat0ib01
 def iterate_batches(n: int, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
                     drop_last: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
     "Index tensors of consecutive global batches of `batch_size * world_size`, this rank's share of each."
