@@ -21,6 +21,7 @@ class Model:
     teacher: str | None = None       # the teacher it was distilled from
     arch: str = 'vgg11'              # its VGG (what a checkpoint under this name must hold)
 
+# %% ../nbs/00e_stages.ipynb #stg0st01
 @dataclass(frozen=True)
 class Stage:
     "One papermill run of a notebook: what it trains and writes, what it reads, its title."
@@ -84,18 +85,21 @@ def stage(name: str) -> Stage:
         if s.name == name: return s
     raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}')
 
+# %% ../nbs/00e_stages.ipynb #stg0sn01
 def stages_named(name: str) -> tuple[Stage, ...]:
     "The stages `name` means in `--only` and `--set`: the stage of that name, or every stage of that group."
     found = tuple(s for s in STAGES if name in (s.name, s.group))
     if not found: raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}, groups {sorted({s.group for s in STAGES if s.group})}')
     return found
 
+# %% ../nbs/00e_stages.ipynb #stg0pr01
 def producer(model: str) -> Stage:
     "The stage that trains `model`."
     for s in STAGES:
         if any(m.name == model for m in s.models): return s
     raise KeyError(f'no stage trains {model!r}')
 
+# %% ../nbs/00e_stages.ipynb #stg0do01
 def depends_on(s: Stage) -> tuple[str, ...]:
     "Names of the stages whose models `s` reads."
     return tuple(dict.fromkeys(producer(m).name for m in s.reads))
@@ -106,6 +110,7 @@ def teacher_name(teacher: str) -> str:
     if teacher not in TEACHER_STAGES: raise ValueError(f'teacher={teacher!r}; choose one of {sorted(TEACHER_STAGES)}')
     return stage(TEACHER_STAGES[teacher]).models[0].name
 
+# %% ../nbs/00e_stages.ipynb #stg0su01
 def student_name(method: str, teacher: str | None = 'vgg16') -> str:
     "`student_lm`; `student_lm_from_vgg19`; `student_crd_color_invariant` (a combination no stage trains gets the same pattern)."
     teacher = None if method in _NO_TEACHER else teacher
@@ -114,6 +119,7 @@ def student_name(method: str, teacher: str | None = 'vgg16') -> str:
     if teacher in (None, 'vgg16'): return f'student_{method}'
     return f'student_{method}_color_invariant' if teacher == 'color_invariant' else f'student_{method}_from_{teacher}'
 
+# %% ../nbs/00e_stages.ipynb #stg0dn01
 def display_name(name: str) -> str:
     "The label of a checkpoint name: `student_lm_from_vgg19` → `LM (from VGG-19)`."
     if name in MODELS: return MODELS[name].label
@@ -122,6 +128,7 @@ def display_name(name: str) -> str:
         if base.endswith(suffix): return _LABELS.get(base.removesuffix(suffix), base.upper()) + text
     return _LABELS.get(base, base)
 
+# %% ../nbs/00e_stages.ipynb #stg0tc01
 def teacher_command(teacher: str) -> str:
     "How to train a missing teacher: `papermill nbs/01_teacher.ipynb teacher_vgg19_cifar100.ipynb -p arch vgg19`."
     s = stage(TEACHER_STAGES[teacher])
