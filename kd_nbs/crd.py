@@ -42,6 +42,7 @@ def kept_negatives(drop: torch.Tensor) -> torch.Tensor:
     "Each sample's count of the negatives it keeps, from `drop` [B, K] (float32: summing as int64 took twice as long)."
     return drop.shape[1] - drop.sum(1, dtype=torch.float32)
 
+# %% ../nbs/05_crd.ipynb #crd0nl01
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, n_data: int,
              drop: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> torch.Tensor:
     """NCE loss for scores `v·m/τ` of the positives `pos` [B, 1] and negatives `neg` [B, K], with h = exp(score)/Z

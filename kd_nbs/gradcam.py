@@ -32,6 +32,7 @@ def grad_cams(model: torch.nn.Module,   # a VGG (its `blocks` are the candidate 
             out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(k)) for k in classes[i:i + batch_size]]))
     return np.concatenate(out)
 
+# %% ../nbs/11_gradcam.ipynb #cam0mc01
 def map_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "Pearson correlation of each pair of maps a[i], b[i]; NaN where a map is constant."
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)

@@ -19,6 +19,7 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: floa
         1, labels[:, None], torch.full((len(labels), 1), 1 - eps, device=logp.device))
     return -(q * logp).sum(1).mean()
 
+# %% ../nbs/06_ls.ipynb #ls0cls01
 class LabelSmoothing(Method):
     "Cross-entropy against smoothed labels."
     def __init__(self, eps: float = 0.1):         # probability mass spread uniformly over the classes
