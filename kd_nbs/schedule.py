@@ -66,12 +66,14 @@ def die_with_parent() -> None:
     try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError): pass
 
+# %% ../nbs/90a_schedule.ipynb #sch0li01
 def link_inputs(job: Job) -> None:
     "Relative links in `job.out_dir` to the checkpoints its stage reads from `job.inputs` (valid on every node of a shared filesystem)."
     for m in job.stage.reads:
         src, dst = job.inputs/f'best_{m}.pth', job.out_dir/f'best_{m}.pth'
         if src.exists() and not dst.exists(): os.symlink(os.path.relpath(src, job.out_dir), dst)
 
+# %% ../nbs/90a_schedule.ipynb #sch0rj01
 def run_job(job: Job, gpu: str | None) -> str | None:
     "Run `job` here (pinned to `gpu` when given); None on success, else the one-paragraph error."
     from kd_nbs.suite import run_stage, SuiteError
