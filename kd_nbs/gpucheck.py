@@ -294,17 +294,20 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
         if 'epoch_s' in r and (r['row'] not in best or r['epoch_s'] < best[r['row']]['epoch_s']): best[r['row']] = r
     return best
 
+# %% ../nbs/94_gpucheck.ipynb #gc0ts01
 def training_seconds(best: dict[str, dict]) -> dict[str, float]:
     "Seconds of each training of `PAPER_STUDY` that a measured row prices: epochs × its epoch time, and its first evaluation's extra."
     extra = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0))
     return {what: epochs * best[row]['epoch_s'] + extra(best[row]) for what, epochs, row, _ in PAPER_STUDY if row in best}
 
+# %% ../nbs/94_gpucheck.ipynb #gc0ss01
 def stage_seconds(best: dict[str, dict], eval_s: float) -> tuple[dict[str, float], list[str]]:
     "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
     t, priced = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}, training_seconds(best)
     for what, _, _, stage in PAPER_STUDY: t[stage] += priced.get(what, 0.0)
     return t, [what for what, *_ in PAPER_STUDY if what not in priced]
 
+# %% ../nbs/94_gpucheck.ipynb #gc0ps01
 def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1) -> dict:
     "Projected wall time of the paper study, one stage at a time: the sum of its stages, per seed."
     t, missing = stage_seconds(best, eval_s)
