@@ -38,6 +38,7 @@ def anchor_batches(x_u8: torch.Tensor, y: torch.Tensor, device: str, batch_size:
     while True:
         for xb, yb, idx in dl: yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), idx.to(device)
 
+# %% ../nbs/92_bench.ipynb #bch0as01
 def anchor_step(student: VGG, method, teacher: VGG | None, device: str):
     "The anchors' training step (RepDistiller): float32, eager, the teacher with its BatchNorm, plain SGD."
     model = Trainable(student, method).to(device).train()

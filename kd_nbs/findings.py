@@ -101,6 +101,7 @@ def two_models(df: pd.DataFrame, col: str, a: str, b: str) -> tuple[float, float
     "Means over seeds of `col` for models `a` and `b`, the spread of their difference, and the number of seeds."
     return seed_mean(df, a, col), seed_mean(df, b, col), seed_spread(df, col), df['seed'].nunique()
 
+# %% ../nbs/91a_findings.ipynb #fnd0tn01
 def teachers_note(df: pd.DataFrame, col: str, teachers: dict[str, str], unit: str = '') -> str:
     "` (teachers: VGG-16 40.64 %, VGG-19 36.39 %)` when every teacher named is in `df`, else ''."
     if not set(teachers.values()) <= set(df.model): return ''
@@ -133,6 +134,7 @@ def as_frames(per_seed: dict[str, list | pd.DataFrame]) -> dict[str, pd.DataFram
     "`summary.json`'s per-seed tables (lists of rows) as data frames; frames pass through."
     return {k: v if isinstance(v, pd.DataFrame) else pd.DataFrame(v) for k, v in per_seed.items()}
 
+# %% ../nbs/91a_findings.ipynb #fnd0fi01
 FINDINGS = (distillation_beats_si, methods_differ, lower_kl_closer, colour_invariant_crd, larger_teacher_helps)
 
 def findings(per_seed: dict[str, list | pd.DataFrame]) -> list[Finding]:

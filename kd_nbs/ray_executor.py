@@ -33,6 +33,7 @@ def shared_folder_problems(run_dir: Path, nodes: list[str], visit: Callable[[str
         return [n for n in nodes if not (seen[n] and (probe/_reply(n)).is_file() and (probe/_reply(n)).read_text() == token)]
     finally: shutil.rmtree(probe, ignore_errors=True)
 
+# %% ../nbs/90b_ray.ipynb #ray0vf01
 def _reply(node: str) -> str: return f'node-{node}'
 
 def visit_folder(node: str, folder: str, token: str) -> bool:
