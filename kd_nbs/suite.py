@@ -125,6 +125,7 @@ def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, se
             raise SuiteError(f"{flag} {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
                              + (f'did you mean {close[0]!r}?' if close else f'its parameters are {sorted(known)}'))
 
+# %% ../nbs/90_suite.ipynb #sui0cv01
 def check_values(params: dict[str, dict]) -> None:
     "The run parameters each stage will get pass `setup_run`'s checks (types, ranges, finiteness)."
     for name, p in params.items():
