@@ -146,8 +146,9 @@ def profile_step(row: str,                     # the row to profile (`ROWS`)
                  ) -> dict:
     "Per step of `row`: wall ms under the profiler, the device's kernel ms, and the host's costliest operations."
     cuda = device.startswith('cuda')
-    # without a GPU, the profiler's library logs "ERROR: gpuGetDeviceCount failed": true, and of no interest here
-    if not cuda: os.environ.setdefault('KINETO_LOG_LEVEL', '5')
+    # without a GPU, the profiler's library logs "ERROR: gpuGetDeviceCount failed" and (torch 2.14) a "USDT:" line at
+    # each start and stop: true, and of no interest here. Level 5 hid the first only; 6 hides both
+    if not cuda: os.environ.setdefault('KINETO_LOG_LEVEL', '6')
     from torch.profiler import profile, ProfilerActivity
     cfg, student, method, step = _row_step(row, mode, width, data, device, batch_size)
     steps = min(steps, steps_per_epoch(len(data.train_y), cfg))      # a small data set has fewer batches
