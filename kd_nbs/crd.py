@@ -24,8 +24,12 @@ class Embed(nn.Module):
     def forward(self, x): return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 # %% ../nbs/05_crd.ipynb #c9b1e0a2
-def contrast_scores(v: torch.Tensor, memory: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor,
-                    tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def contrast_scores(v: torch.Tensor,           # this side's projected embeddings [B, D], unit length
+                    memory: torch.Tensor,      # the other side's bank [N, D]
+                    index: torch.Tensor,       # each sample's own row (its positive) [B]
+                    negatives: torch.Tensor,   # rows shared by the batch as negatives [K]
+                    tau: float,                # temperature
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "v·m/τ against each sample's own bank row `index` [B, 1], and against the shared `negatives` [B, K]."
     v = v / tau            # scale the [B, D] embeddings, not the [B, K] scores: one pass less over the large matrix
     # index_select gathers the K rows in half the time of memory[negatives] on a CPU thread (1.3 against 2.8 ms)
@@ -43,8 +47,13 @@ def kept_negatives(drop: torch.Tensor) -> torch.Tensor:
     return drop.shape[1] - drop.sum(1, dtype=torch.float32)
 
 # %% ../nbs/05_crd.ipynb #crd0nl01
-def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, n_data: int,
-             drop: torch.Tensor | None = None, kept: torch.Tensor | None = None) -> torch.Tensor:
+def nce_loss(pos: torch.Tensor,                    # scores of the positives [B, 1]
+             neg: torch.Tensor,                    # scores of the negatives [B, K]
+             log_z: torch.Tensor | float,          # log of the normalising constant Z
+             n_data: int,                          # training images (the noise distribution is uniform over them)
+             drop: torch.Tensor | None = None,     # [B, K]: negatives a sample leaves out (its own class)
+             kept: torch.Tensor | None = None,     # [B]: each sample's count of kept negatives (None: from `drop`)
+             ) -> torch.Tensor:
     """NCE loss for scores `v·m/τ` of the positives `pos` [B, 1] and negatives `neg` [B, K], with h = exp(score)/Z
     and noise P_n = 1/n_data. −log(h⁺/(h⁺+K·P_n)) = softplus(log Z·K·P_n − score⁺) and
     −log(K·P_n/(h+K·P_n)) = softplus(score − log Z·K·P_n): two passes over the negatives (three with `drop`), and no
@@ -63,7 +72,11 @@ def nce_loss(pos: torch.Tensor, neg: torch.Tensor, log_z: torch.Tensor | float, 
 
 # %% ../nbs/05_crd.ipynb #c9b1e0b2
 @torch.no_grad()
-def momentum_update(memory: torch.Tensor, index: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
+def momentum_update(memory: torch.Tensor,   # a bank [N, D], updated in place
+                    index: torch.Tensor,    # the rows to move [B]
+                    v: torch.Tensor,        # the batch's embeddings [B, D]
+                    momentum: float,        # the share of the old row kept
+                    ) -> None:
     "memory[i] ← normalise(momentum·memory[i] + (1 − momentum)·v), in place."
     memory.index_copy_(0, index, F.normalize(memory[index] * momentum + v * (1 - momentum), dim=1))
 

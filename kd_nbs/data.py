@@ -200,8 +200,11 @@ def load_cifar100(data_dir=None,          # folder holding cifar-100-python/ (No
     return data
 
 # %% ../nbs/00a_data.ipynb #ba7524c5
-def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor,                             # a batch [B, C, H, W], any dtype (uint8 here)
+                     pad: int = 4,                               # zero border; the crop's offset is drawn in 0..2·pad
+                     flip: bool = True,                          # mirror each image with probability ½
+                     generator: torch.Generator | None = None,   # the draws' source (its device: no host copies)
+                     ) -> torch.Tensor:
     "Random crops of the zero-padded batch `x` [B, C, H, W] (any dtype), each mirrored with probability ½."
     B, C, H, W = x.shape
     gdev = generator.device if generator is not None else x.device   # draw where the generator lives: no host copy
@@ -214,8 +217,11 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
     return windows[mirror.long(), torch.arange(B, device=x.device), dy, torch.where(mirror, 2 * pad - dx, dx)]
 
 # %% ../nbs/00a_data.ipynb #0e72cd12
-def normalize(x: torch.Tensor, mean=CIFAR100_MEAN, std=CIFAR100_STD,
-              memory_format=torch.contiguous_format) -> torch.Tensor:
+def normalize(x: torch.Tensor,                          # uint8 images [B, 3, H, W] (a float input is copied, not changed)
+              mean=CIFAR100_MEAN,                      # per-channel mean of the [0, 1] pixels
+              std=CIFAR100_STD,                        # per-channel standard deviation
+              memory_format=torch.contiguous_format,   # of the result (channels_last for the speed choices)
+              ) -> torch.Tensor:
     "uint8 images to float, scaled to [0, 1] and standardised per channel, in `memory_format`."
     scale, shift = _normalizer(x.device, tuple(mean), tuple(std))
     # convert and scale in the input's layout, then permute once: converting straight into channels_last,
@@ -244,8 +250,13 @@ def _yiq(device) -> tuple[torch.Tensor, torch.Tensor]:
 def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
-def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
-                 hue: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(x: torch.Tensor,                            # uint8 images [B, 3, H, W]
+                 brightness: float = 0.4,                    # each factor is drawn in [1 − s, 1 + s], as torchvision's
+                 contrast: float = 0.4,
+                 saturation: float = 0.4,
+                 hue: float = 0.1,                           # a rotation of the colour plane by up to ±hue of a turn
+                 generator: torch.Generator | None = None,   # the draws' source (one per image and factor)
+                 ) -> torch.Tensor:
     "Jitter each uint8 image of `x` [B, 3, H, W] with its own random factors; returns uint8."
     B, dev = x.shape[0], x.device
     gdev = generator.device if generator is not None else dev
@@ -267,7 +278,10 @@ def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4
     return (f * 255).round().to(torch.uint8)
 
 # %% ../nbs/00a_data.ipynb #7cf78df4
-def jitter_images(x: torch.Tensor, seed: int = 0, batch_size: int = 2000, **strengths) -> torch.Tensor:
+def jitter_images(x: torch.Tensor,          # uint8 images [N, 3, H, W] (a test set)
+                  seed: int = 0,            # the same seed gives the same jittered copy
+                  batch_size: int = 2000,   # images jittered at once (memory)
+                  **strengths) -> torch.Tensor:   # `color_jitter`'s brightness, contrast, saturation, hue
     "One seeded colour-jittered copy of the uint8 images `x`: the same images for every call with `seed`."
     g = torch.Generator().manual_seed(seed)
     return torch.cat([color_jitter(x[i:i + batch_size], generator=g, **strengths)
@@ -286,8 +300,14 @@ class BatchAugment:
         return random_crop_flip(x, self.pad, self.flip, generator) if (self.pad or self.flip) else x
 
 # %% ../nbs/00a_data.ipynb #dat0ib01
-def iterate_batches(n: int, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
-                    drop_last: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+def iterate_batches(n: int,                                   # images in the set
+                    batch_size: int,                          # per rank
+                    shuffle: bool = True,                     # a random order (else 0..n-1)
+                    generator: torch.Generator | None = None, # the shuffle's source (a CUDA one keeps indices on the GPU)
+                    drop_last: bool = False,                  # leave out the last, short global batch
+                    rank: int = 0,                            # this process's share under DDP...
+                    world_size: int = 1,                      # ...of this many
+                    ) -> Iterator[torch.Tensor]:
     "Index tensors of consecutive global batches of `batch_size * world_size`, this rank's share of each."
     dev = generator.device if generator is not None else 'cpu'   # a CUDA generator keeps the indices on the GPU
     order = torch.randperm(n, generator=generator, device=dev) if shuffle else torch.arange(n, device=dev)

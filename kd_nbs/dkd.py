@@ -21,7 +21,11 @@ def _target_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
 
 # %% ../nbs/07_dkd.ipynb #d4e5f6a2
-def tckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor:
+def tckd(student_logits,     # [B, C]
+         teacher_logits,     # [B, C]
+         labels,             # the target class of each sample [B]
+         T: float = 4.0,     # temperature
+         ) -> torch.Tensor:
     "Per-sample KL of the binary target-vs-rest distributions, teacher ‖ student."
     m = _target_mask(student_logits, labels)
     def binary(z):
@@ -32,7 +36,11 @@ def tckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor
     return (b_t * (b_t.log() - b_s.log())).sum(1)
 
 # %% ../nbs/07_dkd.ipynb #d4e5f6a5
-def nckd(student_logits, teacher_logits, labels, T: float = 4.0) -> torch.Tensor:
+def nckd(student_logits,     # [B, C]
+         teacher_logits,     # [B, C]
+         labels,             # the target class, left out of both distributions [B]
+         T: float = 4.0,     # temperature
+         ) -> torch.Tensor:
     "Per-sample KL over the non-target classes only, teacher ‖ student."
     m = _target_mask(student_logits, labels)
     log_s = F.log_softmax(_wide(student_logits) / T - 1000.0 * m, 1)   # the target class drops out

@@ -228,8 +228,13 @@ def _trainable(model: nn.Module) -> nn.Module:
     model = getattr(model, '_orig_mod', model)
     return getattr(model, 'module', model)
 
-def train_step(model: nn.Module, teacher: nn.Module | None, opt: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, idx: torch.Tensor, amp: bool = False):
+def train_step(model: nn.Module,                 # a `Trainable` (student and method), possibly compiled or in DDP
+               teacher: nn.Module | None,        # the prepared, frozen teacher (`prepare_teacher`), or None
+               opt: torch.optim.Optimizer,       # the student's (and the method's) optimiser
+               x: torch.Tensor,                  # the normalised batch
+               y: torch.Tensor,                  # its labels
+               idx: torch.Tensor,                # its indices in the training set (CRD's memory banks)
+               amp: bool = False):               # bf16 autocast
     "One SGD step of `model` (a `Trainable`, possibly in DDP); returns the student's outputs, the losses and their sum."
     method = _trainable(model).method
     with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):

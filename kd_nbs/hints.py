@@ -29,7 +29,11 @@ class Hints(Method):
                                        nn.BatchNorm2d(t_channels), nn.ReLU(inplace=True))
 
     @classmethod
-    def between(cls, student: VGG, teacher: VGG, layer: int = 2, weight: float = 100.0) -> Hints:
+    def between(cls, student: VGG,         # its block `layer` is regressed...
+                teacher: VGG,              # ...onto this one's
+                layer: int = 2,            # the conv block (2: the middle one, FitNets' guided layer)
+                weight: float = 100.0,     # of the hint term beside cross-entropy
+                ) -> Hints:
         "A hint loss sized for block `layer` of these two networks."
         s, t = feature_shapes(student), feature_shapes(teacher)
         if not 0 <= layer < len(s) - 1: raise ValueError(f'layer={layer!r}: choose a block in 0..{len(s) - 2}')

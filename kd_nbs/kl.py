@@ -13,8 +13,11 @@ from .engine import accuracy
 __all__ = ['kl_ranking']
 
 # %% ../nbs/08_kl.ipynb #f3450adf
-def kl_ranking(teacher_logits: torch.Tensor, student_logits: dict[str, torch.Tensor], labels: torch.Tensor,
-               T: float = 4.0) -> pd.DataFrame:
+def kl_ranking(teacher_logits: torch.Tensor,                 # the teacher's test-set logits [N, C]
+               student_logits: dict[str, torch.Tensor],      # each student's, by name
+               labels: torch.Tensor,                         # the test labels [N]
+               T: float = 4.0,                               # the second temperature (the first is 1)
+               ) -> pd.DataFrame:
     "Mean KL(teacher ‖ student) at T=1 and T, top-1 agreement and accuracy; ranked by KL at T=1."
     rows = []
     for name, s in student_logits.items():

@@ -12,8 +12,11 @@ from .engine import Method
 __all__ = ['kl_teacher_student', 'kd_loss', 'LogitMatching']
 
 # %% ../nbs/03_lm.ipynb #bb2f42ab
-def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0,
-                       reduction: str = 'batchmean') -> torch.Tensor:
+def kl_teacher_student(student_logits: torch.Tensor,   # [B, C]
+                       teacher_logits: torch.Tensor,   # [B, C]
+                       T: float = 1.0,                 # temperature of both softmaxes
+                       reduction: str = 'batchmean',   # 'none': one value per sample
+                       ) -> torch.Tensor:
     "KL(p_t^T ‖ p_s^T), per sample (`reduction='none'`) or averaged over the batch."
     log_s = F.log_softmax(student_logits.float() / T, 1)
     log_t = F.log_softmax(teacher_logits.float() / T, 1)
@@ -21,7 +24,10 @@ def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return kl if reduction == 'none' else kl.mean()
 
 # %% ../nbs/03_lm.ipynb #a7c3e1d2
-def kd_loss(student_logits, teacher_logits, T: float = 4.0) -> torch.Tensor:
+def kd_loss(student_logits,      # [B, C]
+            teacher_logits,      # [B, C]
+            T: float = 4.0,      # temperature (Hinton's; the T² keeps the gradients' scale)
+            ) -> torch.Tensor:
     "Hinton's soft loss: T² · KL(p_t^T ‖ p_s^T), averaged over the batch."
     return T * T * kl_teacher_student(student_logits, teacher_logits, T)
 

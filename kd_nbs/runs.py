@@ -91,7 +91,11 @@ def _step_rate(width: float, amp: bool, batch_size: int, steps: int) -> float:
     for _ in range(steps): train_step(m, None, opt, x, y, y, amp)
     return steps * batch_size / (time.perf_counter() - t0)
 
-def cpu_bf16_faster(width: float, batch_size: int = 128, steps: int = 3, margin: float = 1.05) -> bool:
+def cpu_bf16_faster(width: float,              # channel multiplier of the probe's VGG-11
+                    batch_size: int = 128,     # images per probe step
+                    steps: int = 3,            # timed steps of each precision
+                    margin: float = 1.05,      # how much faster bf16 must be: a tie is not worth a change of numerics
+                    ) -> bool:
     "Is bf16 autocast at least `margin` times faster than float32 for a training step on this CPU? (cached)"
     key = f'{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|width {width}|batch {batch_size}'
     path = _probe_cache()
@@ -110,8 +114,13 @@ def _need(name, value, ok: bool, what: str):
 
 CUDA_COMPILE = 'reduce-overhead'   # fastest of eager / default / reduce-overhead on an H200 (94_gpucheck)
 
-def speed_choices(device: str, width: float, batch_size: int, amp: bool | None = None, compile: str | None = None,
-                  drop_last: bool | None = None) -> dict:
+def speed_choices(device: str,                      # cpu | cuda[:k]
+                  width: float,                     # channel multiplier (channels_last pays off below full width on a CPU)
+                  batch_size: int,                  # images per step (the bf16 probe's)
+                  amp: bool | None = None,          # bf16 autocast (None: on CUDA; on a CPU where the probe finds it faster)
+                  compile: str | None = None,       # a COMPILE_MODES value (None: CUDA_COMPILE on CUDA, 'off' on a CPU)
+                  drop_last: bool | None = None,    # full batches only (None: on CUDA, for static shapes)
+                  ) -> dict:
     """bf16, memory format, compilation and full batches for `device`: the given values, else the measured fastest.
     `TrainConfig` checks `compile` (a mode it knows; CUDA graphs only on CUDA)."""
     cuda = device.startswith('cuda')
