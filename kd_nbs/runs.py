@@ -230,9 +230,10 @@ def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
     path = find_teacher(run, teacher)
     if path is None:
         path = best_checkpoint(run.out_dir, name)
-        raise FileNotFoundError(
-            f'No {teacher} teacher at {path}, nor in a finished suite run of the {run.preset} preset at width {run.width} '
-            f'under {reports_dir()}. Train it first: {teacher_command(teacher)} -p preset {run.preset} -p out_dir {run.out_dir}')
+        where = (f', nor in a finished suite run of the {run.preset} preset at width {run.width} under {reports_dir()}'
+                 if os.environ.get('KD_NBS_TEACHER_SEARCH') != '0' else ' (a stage of the suite reads its own seed folder only)')
+        raise FileNotFoundError(f'No {teacher} teacher at {path}{where}. '
+                                f'Train it first: {teacher_command(teacher)} -p preset {run.preset} -p out_dir {run.out_dir}')
     model, ck = load_model(path, run.device, arch=MODELS[name].arch)
     if verbose:
         acc, epoch = ck.get('best_acc'), ck.get('epoch', '?')

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 from .runs import project_root, resolve_device, gpu_memory_gb, setup_run, RUN_PARAMS
-from .stages import Stage, STAGES, display_name, stage, stages_named
+from .stages import Stage, STAGES, display_name, producer, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_jobs
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
@@ -20,8 +20,8 @@ from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
            'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary',
-           'select_stages', 'plan', 'refuse_or_archive', 'failure_report', 'execute', 'finish', 'default_slots',
-           'run_suite']
+           'select_stages', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'execute', 'finish',
+           'default_slots', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -177,7 +177,7 @@ def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress
             failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed); kept = f' The failed execution is {failed}.'
         if isinstance(e, KeyboardInterrupt): raise
         where = (f'cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}'
-                 if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir))
+                 if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir)).rstrip('.')
         raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
                          f'and running the suite again resumes here.') from None
     finally:
@@ -306,6 +306,19 @@ def refuse_or_archive(jobs: list[Job], rerun_changed: bool) -> None:
                          'seed<k>/archive/ and run them again, add --rerun-changed.')
     for s, d, _ in changed: print(f'{_where(d)}/{s.name}: parameters changed, old outputs moved to {archive_stage(s, d)}', flush=True)
 
+# %% ../nbs/90_suite.ipynb #sui0ci01
+def check_inputs(jobs: list[Job]) -> None:
+    "A SuiteError naming every model a training stage reads that no job of this run writes where it looks, and that is not there yet."
+    made = {(j.out_dir, m.name) for j in jobs for m in j.stage.models}
+    missing = [(j, m) for j in jobs if j.stage.models for m in j.stage.reads
+               if (j.inputs or j.out_dir, m) not in made and not ((j.inputs or j.out_dir)/f'best_{m}.pth').exists()]
+    if not missing: return
+    add = sorted({producer(m).name for _, m in missing}, key=[s.name for s in STAGES].index)
+    raise SuiteError('these stages need models that this run does not train and their folders do not hold:\n'
+                     + ''.join(f'  {_where(j.out_dir)}/{j.stage.name} ({j.stage.notebook}) needs {display_name(m)} '
+                               f'(best_{m}.pth), trained by stage {producer(m).name}\n' for j, m in missing)
+                     + f'Nothing was run. Add {" ".join(add)} to --only, or run the whole study.')
+
 # %% ../nbs/90_suite.ipynb #failrep
 def failure_report(outcomes: dict, run_dir: Path) -> str:
     "What failed (each stage's own message) and what did not run because of it; the rest finished."
@@ -396,6 +409,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     except ValueError as e: raise SuiteError(str(e)) from None
     jobs = plan(stages, seeds, dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device), overrides, run_dir,
                 nbs_dir, sweeps)
+    check_inputs(jobs)
     _writable(run_dir)
     with run_lock(run_dir):
         refuse_or_archive(jobs, rerun_changed)

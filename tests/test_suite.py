@@ -52,17 +52,23 @@ def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
 
 
 def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_dir, tmp_path, capfd):
+    seed0 = tmp_path/'f'/'seed0'; seed0.mkdir(parents=True)
+    junk = seed0/'best_teacher_vgg16_cifar100.pth'; junk.write_bytes(b'not a checkpoint')   # lm's teacher, as far as names go
     with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1'):
         run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], per_gpu=1,
                   overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)   # in this process: its kernels' output here
-    assert (tmp_path/'f'/'seed0'/'best_student_si.pth').exists() and (tmp_path/'f'/'seed0'/'failed'/'03_lm.ipynb').exists()
-    assert not (tmp_path/'f'/'seed0'/'03_lm.ipynb').exists()          # a failed execution is no report
-    assert not (tmp_path/'f'/'seed0'/'best_student_lm.pth').exists()
+    assert (seed0/'best_student_si.pth').exists() and (seed0/'failed'/'03_lm.ipynb').exists()
+    assert not (seed0/'03_lm.ipynb').exists()                          # a failed execution is no report
+    assert not (seed0/'best_student_lm.pth').exists()
     out, err = capfd.readouterr()                                        # the kernels' own output included
     assert 'si (02_si.ipynb): running' in out and 'without encryption' not in err   # kernels on IPC, not plaintext TCP
-    with pytest.raises(SuiteError, match='No vgg16 teacher at .*papermill nbs/01_teacher.ipynb'):
+    with pytest.raises(SuiteError, match=r'best_teacher_vgg16_cifar100.pth: not a readable checkpoint'):
         run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
     assert 'si (02_si.ipynb): done already, skipped' in capfd.readouterr().out
+    junk.unlink()                                                        # no teacher at all, and none in this run: refused up front
+    with pytest.raises(SuiteError, match=r'(?s)seed0/lm \(03_lm.ipynb\) needs Teacher VGG-16 .*Nothing was run. Add teacher_vgg16 to --only'):
+        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
+    assert 'running' not in capfd.readouterr().out
 
 
 def test_bad_parameter_fails_before_training(real_data_dir, tmp_path):
