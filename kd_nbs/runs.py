@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_runs.ipynb #f072a5f8
 from __future__ import annotations
-import json, math, os, platform, time
+import ast, difflib, json, math, os, platform, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,10 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, Tr
 
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'gpu_memory_gb', 'project_root',
-           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'Run', 'setup_run', 'run_params', 'best_checkpoint',
-           'freeze', 'reports_dir', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result',
-           'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
+           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'unknown_parameters', 'check_parameters', 'Run',
+           'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir', 'find_teacher', 'load_teacher',
+           'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'summary_line', 'show_result',
+           'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -129,6 +130,32 @@ def speed_choices(device: str,                      # cpu | cuda[:k]
     _need('amp', amp, isinstance(amp, bool), 'must be True or False')
     return dict(amp=amp, channels_last=cuda or width < 1, compile=compile, drop_last=cuda if drop_last is None else drop_last)
 
+# %% ../nbs/00d_runs.ipynb #runs0pp01
+def _assigned(src: str) -> list[str]:
+    "The names a cell's top-level assignments bind."
+    try: body = ast.parse(src).body
+    except SyntaxError: return []
+    targets = [t for n in body for t in (n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else [])]
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+
+def unknown_parameters(history: list[str]) -> dict[str, str | None]:
+    """The names papermill injected (its `# Parameters` cell, the last in the kernel's input `history`) that the cell
+    run before it, the notebook's `parameters` cell, does not assign; each with the closest declared name, or None."""
+    at = next((i for i in range(len(history) - 1, 0, -1) if history[i].startswith('# Parameters')), None)
+    if at is None: return {}
+    declared = set(_assigned(history[at - 1]))
+    return {n: next(iter(difflib.get_close_matches(n, declared, 1)), None) for n in _assigned(history[at]) if n not in declared}
+
+# %% ../nbs/00d_runs.ipynb #runs0pp03
+def check_parameters() -> None:
+    "In a notebook papermill runs: a ValueError naming each `-p` name its `parameters` cell does not declare."
+    try: from IPython import get_ipython
+    except ImportError: return
+    shell = get_ipython()
+    unknown = unknown_parameters(list(shell.user_ns.get('In', []))) if shell is not None else {}
+    if unknown: raise ValueError('; '.join(f'-p {n}: not a parameter of this notebook' + (f' (did you mean {c!r}?)' if c else '')
+                                           for n, c in unknown.items()))
+
 # %% ../nbs/00d_runs.ipynb #568e5606
 @dataclass
 class Run:
@@ -165,7 +192,9 @@ def setup_run(role: str = 'student',             # teacher | student | finetune:
               amp: bool | None = None,           # bf16 autocast (None: on CUDA, and on CPUs where a probe finds it faster)
               **hparams) -> Run:                 # the method's hyperparameters, recorded with the results
                                                  # (None: the preset's `method_defaults`, where it has one)
-    "Validate a run notebook's parameters and fill in the rest from the preset."
+    """Validate a run notebook's parameters and fill in the rest from the preset (in a notebook papermill runs, every
+    `-p` name must be one its `parameters` cell declares: `check_parameters`)."""
+    check_parameters()
     _need('role', role, role in ROLES, f'choose one of {ROLES}')
     device = resolve_device(device)
     name = resolve_preset(preset, device)

@@ -79,6 +79,15 @@ def test_bad_parameter_fails_before_training(real_data_dir, tmp_path):
     assert not list(tmp_path.glob('*.pth'))
 
 
+def test_unknown_parameter_fails_before_training(real_data_dir, tmp_path):
+    "papermill only logs a name the notebook does not declare; the notebook refuses it, before any training."
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match=r"-p epochz: not a parameter of this notebook \(did you mean 'epochs'\?\)"):
+        pm.execute_notebook(ROOT/'nbs'/'02_si.ipynb', tmp_path/'si.ipynb', progress_bar=False,
+                            parameters=dict(preset='smoke', epochz=3, out_dir=str(tmp_path), data_dir=str(real_data_dir)))
+    assert not list(tmp_path.glob('*.pth'))
+
+
 def test_a_second_suite_on_the_same_folder_is_refused(tmp_path):
     from kd_nbs.suite import run_lock
     with run_lock(tmp_path/'busy'):
