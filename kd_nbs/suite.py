@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, resolve_device, gpu_memory_gb, setup_run, RUN_PARAMS
+from .runs import project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, display_name, producer, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_jobs
@@ -21,7 +21,7 @@ __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'sta
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
            'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary',
            'select_stages', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'execute', 'finish',
-           'default_slots', 'run_suite']
+           'default_slots', 'cpu_paper_warning', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -370,6 +370,17 @@ def default_slots(gpus: list[str] | None,        # the `--gpus` list (None: no p
     # against 23.6 one at a time, its accuracies within the seed-to-seed spread (README, "In parallel").
     return 2 if (cores or os.cpu_count() or 1) >= 2 else 1
 
+# %% ../nbs/90_suite.ipynb #sui0pw01
+def cpu_paper_warning(preset: str, device: str | None, gpus: list[str] | None, executor: str = 'local') -> str | None:
+    "A warning when the paper preset is to train on this machine's CPU; None otherwise (a GPU, Ray's cluster, another preset)."
+    if executor != 'local' or gpus: return None
+    try: dev = resolve_device(device)
+    except ValueError: return None                # CUDA asked for without a GPU: refused later, stage by stage
+    if dev.startswith('cuda') or resolve_preset(preset, dev) != 'paper': return None
+    return ('warning: the paper preset on the CPU trains 11 full-width VGGs for 200 epochs, 16x the quick preset\'s work '
+            'per epoch for 33-100x the epochs: weeks on a few cores. Use a GPU (kd-nbs gpu-check projects the study there), '
+            'or --preset quick.')
+
 # %% ../nbs/90_suite.ipynb #6b0f8115
 def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
               preset: str = 'quick',                # smoke | quick | paper | auto
@@ -410,6 +421,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     jobs = plan(stages, seeds, dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device), overrides, run_dir,
                 nbs_dir, sweeps)
     check_inputs(jobs)
+    if (warning := cpu_paper_warning(preset, device, gpus, executor)): print(warning, flush=True)
     _writable(run_dir)
     with run_lock(run_dir):
         refuse_or_archive(jobs, rerun_changed)
