@@ -19,7 +19,7 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
 
 # %% auto #0
 __all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'PROFILE_STEPS', 'EQUAL_RTOL', 'check_data',
-           'build_row', 'measure_row', 'profile_step', 'measure_anchor', 'measure_share', 'sanity_run',
+           'build_row', 'measure_row', 'kernel_us', 'profile_step', 'measure_anchor', 'measure_share', 'sanity_run',
            'compiled_vs_eager', 'run_jobs', 'best_rows', 'training_seconds', 'stage_seconds', 'project_study',
            'project_shared', 'measure_sharing', 'summarize_check', 'print_report', 'gpu_check', 'main']
 
@@ -126,13 +126,22 @@ class _locked:
     def __exit__(self, *a):
         if self.path: fcntl.flock(self.f, fcntl.LOCK_UN); self.f.close()
 
-# %% ../nbs/94_gpucheck.ipynb #prof0002
+# %% ../nbs/94_gpucheck.ipynb #prof0k01
 PROFILE_STEPS = 20   # enough for a mean per step of every operation, few enough for a small trace
 
 def _self_device_us(e) -> float:
     "An averaged profiler event's own time on the device (µs); the attribute's name changed in torch 2.4."
     return getattr(e, 'self_device_time_total', None) or getattr(e, 'self_cuda_time_total', 0) or 0
 
+def kernel_us(events) -> float:
+    """The device's busy time (µs) in profiler `events`: the kernels' and copies' own events, as torch's own table sums
+    it. An operator's event carries its kernels' time too, and a compiled region's annotation spans them: adding
+    those would count the same kernels two or three times."""
+    from torch.autograd import DeviceType
+    return sum(_self_device_us(e) for e in events
+               if getattr(e, 'device_type', DeviceType.CPU) != DeviceType.CPU and not getattr(e, 'is_user_annotation', False))
+
+# %% ../nbs/94_gpucheck.ipynb #prof0002
 def profile_step(row: str,                     # the row to profile (`ROWS`)
                  mode: str,                    # its compile mode
                  width: float,                 # channel multiplier
@@ -162,7 +171,7 @@ def profile_step(row: str,                     # the row to profile (`ROWS`)
     events = prof.key_averages()
     host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return dict(row=row, mode=mode, compiled=step.compiled, steps=steps, wall_ms=round(wall_ms, 3),
-                device_ms=round(sum(map(_self_device_us, events)) / 1e3 / steps, 3) if cuda else None,
+                device_ms=round(kernel_us(events) / 1e3 / steps, 3) if cuda else None,
                 host_top=[dict(op=e.key[:80], calls=round(e.count / steps, 1), us=round(e.self_cpu_time_total / steps, 1))
                           for e in host])
 
