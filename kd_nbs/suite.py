@@ -409,6 +409,7 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
                          'project or pass --nbs FOLDER')
     bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and s >= 0)]
     if bad or not seeds: raise SuiteError(f'--seeds {" ".join(map(str, seeds))}: seeds must be non-negative integers')
+    if len(set(seeds)) < len(seeds): raise SuiteError(f'--seeds {" ".join(map(str, seeds))}: a seed is listed twice')
     run_dir = Path(reports_dir or (root or Path.cwd())/'reports').resolve()/name
     overrides = overrides or {}
     if data_dir: data_dir = str(Path(data_dir).resolve())

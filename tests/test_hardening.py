@@ -80,7 +80,8 @@ def test_misspelled_parameters_are_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.parametrize('args, needle', [(['--set', 'epochs=abc'], "epochs='abc': must be a positive integer"),
                                           (['--set', 'lr=.inf'], 'lr=inf: must be a positive, finite number'),
-                                          (['--seeds', '-1'], 'seeds must be non-negative integers')])
+                                          (['--seeds', '-1'], 'seeds must be non-negative integers'),
+                                          (['--seeds', '0', '1', '0'], '--seeds 0 1 0: a seed is listed twice')])
 def test_bad_values_are_refused_before_a_kernel_starts(tmp_path, args, needle):
     one_line_error(cli('run', '--preset', 'smoke', '--name', 'x', '--reports', str(tmp_path), *args), needle)
     assert not (tmp_path/'x').exists()
