@@ -139,11 +139,12 @@ def _assigned(src: str) -> list[str]:
     return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 def unknown_parameters(history: list[str]) -> dict[str, str | None]:
-    """The names papermill injected (its `# Parameters` cell, the last in the kernel's input `history`) that the cell
-    run before it, the notebook's `parameters` cell, does not assign; each with the closest declared name, or None."""
+    """The names papermill injected (its `# Parameters` cell, the last in the kernel's input `history`) that no cell
+    run before it assigns (in papermill's fresh kernel: the notebook's `parameters` cell and the few cells above it);
+    each with the closest declared name, or None."""
     at = next((i for i in range(len(history) - 1, 0, -1) if history[i].startswith('# Parameters')), None)
     if at is None: return {}
-    declared = set(_assigned(history[at - 1]))
+    declared = {n for src in history[1:at] if not src.startswith('# Parameters') for n in _assigned(src)}
     return {n: next(iter(difflib.get_close_matches(n, declared, 1)), None) for n in _assigned(history[at]) if n not in declared}
 
 # %% ../nbs/00d_runs.ipynb #runs0pp03
