@@ -33,6 +33,7 @@ class Stage:
     reads: tuple[str, ...] = ()      # model names it needs from earlier stages
     params: dict = field(default_factory=dict, hash=False)   # fixed notebook parameters
     group: str | None = None         # a name `--set`/`--only` also accept, for every stage of the group
+    reads_param: str | None = None   # a notebook parameter naming the models it reads, when `--set` changes them
 
     @property
     def report(self) -> str:
@@ -72,7 +73,8 @@ STAGES: tuple[Stage, ...] = (
           (T16, T19, TCI, *_ALL_STUDENTS), params={'part': 'study'}, group='color'),
     Stage('kl', '08_kl.ipynb', 'KL ranking: which student approximates the teacher best', (), ('kl.csv',), (T16, *_ALL_STUDENTS)),
     Stage('gradcam', '11_gradcam.ipynb', 'Grad-CAM: where the models look', (),
-          ('distillation_grad_cam_comparison.png', 'cam_similarity.csv'), (T16, 'student_si', 'student_lm', 'student_hints', 'student_crd')),
+          ('distillation_grad_cam_comparison.png', 'cam_similarity.csv'), (T16, 'student_si', 'student_lm', 'student_hints', 'student_crd'),
+          reads_param='models'),
 )
 MODELS: dict[str, Model] = {m.name: m for s in STAGES for m in s.models}
 TEACHER_STAGES = {'vgg16': 'teacher_vgg16', 'vgg19': 'teacher_vgg19', 'color_invariant': 'color_train'}   # teacher= values

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 from .runs import project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, RUN_PARAMS
-from .stages import Stage, STAGES, display_name, producer, stage, stages_named
+from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
 from .engine import write_text_atomic, params_diff, run_files
 from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_jobs
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
@@ -20,8 +20,8 @@ from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
            'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary',
-           'select_stages', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'execute', 'finish',
-           'default_slots', 'cpu_paper_warning', 'run_suite']
+           'select_stages', 'stage_waits', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'execute',
+           'finish', 'default_slots', 'cpu_paper_warning', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -274,6 +274,13 @@ def _writable(run_dir: Path) -> None:
     except OSError as e:
         raise SuiteError(f'cannot write the run folder {run_dir}: {e.strerror or e}; choose another --reports or --name') from None
 
+# %% ../nbs/90_suite.ipynb #sui0sw01
+def stage_waits(s: Stage, seed: int, params: dict) -> tuple[str, ...]:
+    """Jobs a stage must wait for beyond its row of the table: the stages that train the models a `--set` of its
+    `reads_param` names (`--set gradcam.models=[...]`), in its seed."""
+    names = params.get(s.reads_param, ()) if s.reads_param else ()
+    return tuple(dict.fromkeys(f'seed{seed}/{producer(m).name}' for m in names if m in MODELS))
+
 # %% ../nbs/90_suite.ipynb #sui0pl01
 def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path,
          sweeps: dict | None = None) -> list[Job]:
@@ -282,7 +289,11 @@ def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Pat
     def params(s: Stage, seed: int, out_dir: Path) -> dict:
         if s.name not in declared: declared[s.name] = notebook_parameters(nbs_dir/s.notebook)
         return stage_params(s, dict(shared, seed=seed), overrides, out_dir, declared[s.name])
-    jobs = [Job(seed, s, params(s, seed, run_dir/f'seed{seed}'), run_dir/f'seed{seed}', nbs_dir) for seed in seeds for s in stages]
+    jobs = []
+    for seed in seeds:
+        for s in stages:
+            p = params(s, seed, run_dir/f'seed{seed}')
+            jobs.append(Job(seed, s, p, run_dir/f'seed{seed}', nbs_dir, after=stage_waits(s, seed, p)))
     check_overrides(stages, overrides, declared)
     jobs += sweep_jobs(sweeps or {}, seeds, run_dir, nbs_dir, params)
     for name, grid in (sweeps or {}).items():
