@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_runs.ipynb #f072a5f8
 from __future__ import annotations
-import ast, difflib, json, math, os, platform, time
+import ast, difflib, json, math, os, platform, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,9 @@ from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, Tr
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'gpu_memory_gb', 'project_root',
            'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'unknown_parameters', 'check_parameters', 'Run',
-           'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir', 'find_teacher', 'load_teacher',
-           'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'summary_line', 'show_result',
-           'saved_models']
+           'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir', 'in_suite_stage', 'find_teacher',
+           'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'summary_line',
+           'show_result', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -150,9 +150,8 @@ def unknown_parameters(history: list[str]) -> dict[str, str | None]:
 # %% ../nbs/00d_runs.ipynb #runs0pp03
 def check_parameters() -> None:
     "In a notebook papermill runs: a ValueError naming each `-p` name its `parameters` cell does not declare."
-    try: from IPython import get_ipython
-    except ImportError: return
-    shell = get_ipython()
+    ipython = sys.modules.get('IPython')     # a kernel has imported it; the suite's own process need not pay for it
+    shell = ipython.get_ipython() if ipython is not None else None
     unknown = unknown_parameters(list(shell.user_ns.get('In', []))) if shell is not None else {}
     if unknown: raise ValueError('; '.join(f'-p {n}: not a parameter of this notebook' + (f' (did you mean {c!r}?)' if c else '')
                                            for n, c in unknown.items()))
@@ -238,13 +237,17 @@ def reports_dir() -> Path:
     return Path(os.environ.get('KD_NBS_REPORTS') or (project_root() or Path.cwd())/'reports')
 
 # %% ../nbs/00d_runs.ipynb #82920748
+def in_suite_stage() -> bool:
+    "Inside a stage of the suite, which sets KD_NBS_TEACHER_SEARCH=0: its teachers come from its own seed folder only."
+    return os.environ.get('KD_NBS_TEACHER_SEARCH') == '0'
+
 def find_teacher(run: Run, teacher: str = 'vgg16') -> Path | None:
     """The teacher's checkpoint: in `run.out_dir`, else in the newest finished suite run (`reports/*/seed*/`) of
     the same preset and width, preferring the run's seed; None when there is none."""
     name = teacher_name(teacher)
     path = best_checkpoint(run.out_dir, name)
-    if path.exists() or os.environ.get('KD_NBS_TEACHER_SEARCH') == '0': return path if path.exists() else None
-    found = []   # (the suite sets KD_NBS_TEACHER_SEARCH=0: its stages use their own seed folder's teachers only)
+    if path.exists() or in_suite_stage(): return path if path.exists() else None
+    found = []
     for p in reports_dir().glob(f'*/seed*/{path.name}'):
         result = p.parent/f'{name}_result.json'          # written when the training finished
         try: r = json.loads(result.read_text())['params']['run']
@@ -261,7 +264,7 @@ def load_teacher(run: Run, teacher: str = 'vgg16', verbose: bool = True) -> VGG:
     if path is None:
         path = best_checkpoint(run.out_dir, name)
         where = (f', nor in a finished suite run of the {run.preset} preset at width {run.width} under {reports_dir()}'
-                 if os.environ.get('KD_NBS_TEACHER_SEARCH') != '0' else ' (a stage of the suite reads its own seed folder only)')
+                 if not in_suite_stage() else ' (a stage of the suite reads its own seed folder only)')
         raise FileNotFoundError(f'No {teacher} teacher at {path}{where}. '
                                 f'Train it first: {teacher_command(teacher)} -p preset {run.preset} -p out_dir {run.out_dir}')
     model, ck = load_model(path, run.device, arch=MODELS[name].arch)
