@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_suite.ipynb #4871b354
 from __future__ import annotations
-import difflib, errno, fcntl, json, os, shutil, tempfile, time
+import difflib, errno, fcntl, json, os, shutil, sys, tempfile, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +17,11 @@ from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_job
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
-__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
-           'changed_params', 'archive_stage', 'SuiteError', 'run_lock', 'check_overrides', 'check_values',
-           'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std', 'summarize', 'write_summary',
-           'select_stages', 'stage_waits', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'execute',
-           'finish', 'default_slots', 'cpu_paper_warning', 'run_suite']
+__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'import_papermill',
+           'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError', 'run_lock',
+           'check_overrides', 'check_values', 'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std',
+           'summarize', 'write_summary', 'select_stages', 'stage_waits', 'plan', 'refuse_or_archive', 'check_inputs',
+           'failure_report', 'execute', 'finish', 'default_slots', 'cpu_paper_warning', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -59,11 +59,19 @@ def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, acc
     p['out_dir'] = str(out_dir)
     return p
 
+# %% ../nbs/90_suite.ipynb #sui0ip01
+def import_papermill():
+    """papermill, imported without `rfc3987_syntax`. jsonschema (under nbformat) imports that package for its `iri`
+    format whenever it is installed (JupyterLab's jupyter-events brings it), and building its grammar took 1.25 s of
+    the 4.8 s a stage's worker spent importing. Neither nbformat nor papermill checks formats, so nothing is lost."""
+    sys.modules.setdefault('rfc3987_syntax', None)     # None: `import rfc3987_syntax` raises ImportError, which jsonschema expects
+    import papermill
+    return papermill
+
 # %% ../nbs/90_suite.ipynb #699d6a72
 def notebook_parameters(path: Path) -> set[str]:
     "Names in a notebook's `parameters` cell."
-    import papermill as pm
-    return set(pm.inspect_notebook(str(path)))
+    return set(import_papermill().inspect_notebook(str(path)))
 
 # %% ../nbs/90_suite.ipynb #0b69ccae
 def _stamp(out_dir: Path, stage: Stage) -> Path: return out_dir/'.stages'/f'{stage.name}.json'
@@ -159,7 +167,7 @@ def _why(e: BaseException, out_dir: Path) -> str:
 
 def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
     "Execute one stage with papermill; returns the executed notebook's path."
-    import papermill as pm
+    pm = import_papermill()
     from traitlets.config import Config
     out_nb = out_dir/stage.report
     tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
