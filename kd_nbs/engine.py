@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 
 from .data import CIFAR100, BatchAugment, iterate_batches, normalize
 from .models import VGG, VGGOutput
-from .schedule import read_threads
+from .schedule import read_threads, _replace_atomically, write_text_atomic   # torch-free: workers use them too
 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'CheckpointError', 'save_atomic',
-           'write_text_atomic', 'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable',
-           'fold_bn', 'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict',
-           'accuracy', 'params_diff', 'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch',
-           'DivergedError', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
+           'load_checkpoint', 'load_state', 'load_model', 'init_distributed', 'Trainable', 'fold_bn', 'prepare_teacher',
+           'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict', 'accuracy', 'params_diff',
+           'TrainState', 'run_files', 'checkpoint_state', 'resume', 'steps_per_epoch', 'DivergedError', 'train_epoch',
+           'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00c_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -111,24 +111,9 @@ class CheckpointError(RuntimeError):
     "A checkpoint that cannot be read or does not fit the model it is loaded into."
 
 # %% ../nbs/00c_engine.ipynb #99765edc
-def _replace_atomically(path: str | os.PathLike, write) -> Path:
-    "`write(tmp)` to a temporary file beside `path`, then rename it over `path`; no temporary file survives."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp); os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
 def save_atomic(obj, path: str | os.PathLike) -> Path:
     "`torch.save` `obj` to `path` atomically."
     return _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-# %% ../nbs/00c_engine.ipynb #e313eb65
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    "Write `text` to `path` atomically."
-    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 # %% ../nbs/00c_engine.ipynb #61423c99
 def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:

@@ -13,7 +13,8 @@ from .data import CIFAR100, load_cifar100
 from .models import VGG
 from .stages import MODELS, teacher_name, student_name, display_name, teacher_command   # names come from the stage table
 from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, Trainable,
-                           CrossEntropy, train_step, write_text_atomic)
+                           CrossEntropy, train_step)
+from .schedule import write_text_atomic
 
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'gpu_memory_gb', 'project_root',

@@ -4,16 +4,17 @@
 
 # %% ../nbs/90a_schedule.ipynb #203209c2
 from __future__ import annotations
-import ctypes, json, math, os, signal, subprocess, sys, threading, time
+import ctypes, errno, json, math, os, shutil, signal, subprocess, sys, tempfile, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple, Protocol
 from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
-__all__ = ['STAGE_GPU_GB', 'MAX_PER_GPU', 'Job', 'graph', 'capacity', 'gpu_slots', 'die_with_parent', 'link_inputs', 'run_job',
-           'Executor', 'InlineExecutor', 'worker', 'threads_per_job', 'read_threads', 'LocalExecutor', 'duration',
-           'stage_status', 'slot_name', 'Progress', 'Outcome', 'run_jobs', 'make_executor']
+__all__ = ['STAGE_GPU_GB', 'MAX_PER_GPU', 'Job', 'graph', 'capacity', 'gpu_slots', 'SuiteError', 'write_text_atomic',
+           'import_papermill', 'kernel_sockets', 'run_stage', 'die_with_parent', 'link_inputs', 'run_job', 'Executor',
+           'InlineExecutor', 'worker', 'threads_per_job', 'read_threads', 'LocalExecutor', 'duration', 'stage_status',
+           'slot_name', 'Progress', 'Outcome', 'run_jobs', 'make_executor']
 
 # %% ../nbs/90a_schedule.ipynb #be6931a8
 @dataclass(frozen=True)
@@ -60,6 +61,96 @@ def gpu_slots(gb: float | None) -> int:
     "Stages at once on a GPU of `gb` GiB when `--per-gpu` is not given: as many as its memory holds, up to `MAX_PER_GPU`."
     return max(1, min(MAX_PER_GPU, int(gb // STAGE_GPU_GB))) if gb else 1
 
+# %% ../nbs/90a_schedule.ipynb #sch0se01
+class SuiteError(RuntimeError): "A suite that cannot start or a stage that failed."
+
+# %% ../nbs/90a_schedule.ipynb #sch0ra01
+def _replace_atomically(path: str | os.PathLike, write) -> Path:
+    "`write(tmp)` to a temporary file beside `path`, then rename it over `path`; no temporary file survives."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        write(tmp); os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+# %% ../nbs/90a_schedule.ipynb #sch0wt01
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    "Write `text` to `path` atomically."
+    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+# %% ../nbs/90a_schedule.ipynb #sui0ip01
+def import_papermill():
+    """papermill, imported without `rfc3987_syntax`. jsonschema (under nbformat) imports that package for its `iri`
+    format whenever it is installed (JupyterLab's jupyter-events brings it), and building its grammar took 1.25 s of
+    the 4.8 s a stage's worker spent importing. Neither nbformat nor papermill checks formats, so nothing is lost."""
+    sys.modules.setdefault('rfc3987_syntax', None)     # None: `import rfc3987_syntax` raises ImportError, which jsonschema expects
+    import papermill
+    return papermill
+
+# %% ../nbs/90a_schedule.ipynb #sch0st01
+def _stamp(out_dir: Path, stage: Stage) -> Path: return out_dir/'.stages'/f'{stage.name}.json'
+
+# %% ../nbs/90a_schedule.ipynb #sock0001
+_SOCKETS = 'kd-nbs-kernel-'
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass        # someone else's process: alive
+    return True
+
+def kernel_sockets() -> Path:
+    """A new private folder (mode 0700) for a kernel's IPC sockets, named after this process. Folders left by processes
+    that are gone (a worker killed with SIGKILL cannot remove its own) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(f'{_SOCKETS}*-*'):
+        pid = old.name[len(_SOCKETS):].partition('-')[0]
+        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f'{_SOCKETS}{os.getpid()}-'))
+
+# %% ../nbs/90a_schedule.ipynb #44a1c011
+def _why(e: BaseException, out_dir: Path) -> str:
+    "One sentence for an error outside the notebook's own cells."
+    if type(e).__name__ == 'DeadKernelError':
+        return 'its kernel died (killed, or out of memory: the kernel is the largest process, so the OOM killer picks it)'
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC: return f'the disk holding {out_dir} is full'
+    return f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+
+def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
+    "Execute one stage with papermill; returns the executed notebook's path."
+    pm = import_papermill()
+    from traitlets.config import Config
+    out_nb = out_dir/stage.report
+    tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
+    _stamp(out_dir, stage).unlink(missing_ok=True)
+    os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
+    # The kernel listens on local (IPC) sockets in a private folder (mode 0700), not on TCP ports: nothing else can
+    # connect, and ipykernel has no plaintext-TCP warning to print. The folder is outside the report and removed after.
+    sockets = kernel_sockets()
+    try:
+        pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress, kernel_name='python3',
+                            cwd=str(out_dir), config=Config(KernelManager=dict(transport='ipc', ip=str(sockets/'kernel'))))
+    except BaseException as e:
+        kept = ''
+        if tmp.exists():
+            failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed); kept = f' The failed execution is {failed}.'
+        if isinstance(e, KeyboardInterrupt): raise
+        where = (f'cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}'
+                 if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir)).rstrip('.')
+        raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
+                         f'and running the suite again resumes here.') from None
+    finally:
+        os.environ.pop('KD_NBS_TEACHER_SEARCH', None); shutil.rmtree(sockets, ignore_errors=True)
+    missing = [f for f in stage.outputs if not (out_dir/f).exists()]
+    if missing:
+        failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed)
+        raise SuiteError(f'stage {stage.name} ran but did not write {missing} in {out_dir}; its execution is {failed}')
+    os.replace(tmp, out_nb)
+    write_text_atomic(json.dumps({'params': params, 'notebook': str(out_nb), 'finished': time.time()}),
+                      _stamp(out_dir, stage))
+    return out_nb
+
 # %% ../nbs/90a_schedule.ipynb #9aa1e44d
 def die_with_parent() -> None:
     "Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."
@@ -76,7 +167,6 @@ def link_inputs(job: Job) -> None:
 # %% ../nbs/90a_schedule.ipynb #sch0rj01
 def run_job(job: Job, gpu: str | None) -> str | None:
     "Run `job` here (pinned to `gpu` when given); None on success, else the one-paragraph error."
-    from kd_nbs.suite import run_stage, SuiteError
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     if job.inputs is not None: link_inputs(job)

@@ -12,16 +12,17 @@ from pathlib import Path
 import pandas as pd
 from .runs import project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, RUN_PARAMS
 from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
-from .engine import write_text_atomic, params_diff, run_files
-from .schedule import Job, Progress, capacity, gpu_slots, make_executor, run_jobs
+from .engine import params_diff, run_files
+from .schedule import (Job, Progress, capacity, gpu_slots, make_executor, run_jobs, SuiteError, import_papermill,
+                             _stamp, kernel_sockets, run_stage, write_text_atomic)
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
-__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'import_papermill',
-           'notebook_parameters', 'is_done', 'changed_params', 'archive_stage', 'SuiteError', 'run_lock',
-           'check_overrides', 'check_values', 'kernel_sockets', 'run_stage', 'accuracy_table', 'collect', 'mean_std',
-           'summarize', 'write_summary', 'select_stages', 'stage_waits', 'plan', 'refuse_or_archive', 'check_inputs',
-           'failure_report', 'execute', 'finish', 'default_slots', 'cpu_paper_warning', 'run_suite']
+__all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
+           'changed_params', 'archive_stage', 'run_lock', 'check_overrides', 'check_values', 'accuracy_table',
+           'collect', 'mean_std', 'summarize', 'write_summary', 'select_stages', 'stage_waits', 'plan',
+           'refuse_or_archive', 'check_inputs', 'failure_report', 'execute', 'finish', 'default_slots',
+           'cpu_paper_warning', 'run_suite']
 
 # %% ../nbs/90_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -59,23 +60,12 @@ def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, acc
     p['out_dir'] = str(out_dir)
     return p
 
-# %% ../nbs/90_suite.ipynb #sui0ip01
-def import_papermill():
-    """papermill, imported without `rfc3987_syntax`. jsonschema (under nbformat) imports that package for its `iri`
-    format whenever it is installed (JupyterLab's jupyter-events brings it), and building its grammar took 1.25 s of
-    the 4.8 s a stage's worker spent importing. Neither nbformat nor papermill checks formats, so nothing is lost."""
-    sys.modules.setdefault('rfc3987_syntax', None)     # None: `import rfc3987_syntax` raises ImportError, which jsonschema expects
-    import papermill
-    return papermill
-
 # %% ../nbs/90_suite.ipynb #699d6a72
 def notebook_parameters(path: Path) -> set[str]:
     "Names in a notebook's `parameters` cell."
     return set(import_papermill().inspect_notebook(str(path)))
 
 # %% ../nbs/90_suite.ipynb #0b69ccae
-def _stamp(out_dir: Path, stage: Stage) -> Path: return out_dir/'.stages'/f'{stage.name}.json'
-
 def is_done(stage: Stage, params: dict, out_dir: Path) -> bool:
     "Outputs present, and written by a stage with these very parameters (a stamp is written only on success)."
     s = _stamp(out_dir, stage)
@@ -102,8 +92,6 @@ def archive_stage(stage: Stage, out_dir: Path) -> Path | None:
     return dest
 
 # %% ../nbs/90_suite.ipynb #b85b02f8
-class SuiteError(RuntimeError): "A suite that cannot start or a stage that failed."
-
 @contextmanager
 def run_lock(run_dir: Path):
     "An exclusive lock on `run_dir`, or a SuiteError naming who holds it."
@@ -139,65 +127,6 @@ def check_values(params: dict[str, dict]) -> None:
     for name, p in params.items():
         try: setup_run('student', **{k: v for k, v in p.items() if k in RUN_PARAMS and k != 'out_dir'}, amp=False)
         except (ValueError, TypeError) as e: raise SuiteError(f'stage {name}: {e}') from None
-
-# %% ../nbs/90_suite.ipynb #sock0001
-_SOCKETS = 'kd-nbs-kernel-'
-
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass        # someone else's process: alive
-    return True
-
-def kernel_sockets() -> Path:
-    """A new private folder (mode 0700) for a kernel's IPC sockets, named after this process. Folders left by processes
-    that are gone (a worker killed with SIGKILL cannot remove its own) are removed first."""
-    for old in Path(tempfile.gettempdir()).glob(f'{_SOCKETS}*-*'):
-        pid = old.name[len(_SOCKETS):].partition('-')[0]
-        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f'{_SOCKETS}{os.getpid()}-'))
-
-# %% ../nbs/90_suite.ipynb #44a1c011
-def _why(e: BaseException, out_dir: Path) -> str:
-    "One sentence for an error outside the notebook's own cells."
-    if type(e).__name__ == 'DeadKernelError':
-        return 'its kernel died (killed, or out of memory: the kernel is the largest process, so the OOM killer picks it)'
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC: return f'the disk holding {out_dir} is full'
-    return f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
-
-def run_stage(stage: Stage, params: dict, out_dir: Path, nbs_dir: Path, progress: bool = True) -> Path:
-    "Execute one stage with papermill; returns the executed notebook's path."
-    pm = import_papermill()
-    from traitlets.config import Config
-    out_nb = out_dir/stage.report
-    tmp, failed = out_dir/f'.{out_nb.stem}.running.ipynb', out_dir/'failed'/out_nb.name
-    _stamp(out_dir, stage).unlink(missing_ok=True)
-    os.environ['KD_NBS_TEACHER_SEARCH'] = '0'      # a stage's teachers come from its own seed folder, never another run
-    # The kernel listens on local (IPC) sockets in a private folder (mode 0700), not on TCP ports: nothing else can
-    # connect, and ipykernel has no plaintext-TCP warning to print. The folder is outside the report and removed after.
-    sockets = kernel_sockets()
-    try:
-        pm.execute_notebook(nbs_dir/stage.notebook, tmp, parameters=params, progress_bar=progress, kernel_name='python3',
-                            cwd=str(out_dir), config=Config(KernelManager=dict(transport='ipc', ip=str(sockets/'kernel'))))
-    except BaseException as e:
-        kept = ''
-        if tmp.exists():
-            failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed); kept = f' The failed execution is {failed}.'
-        if isinstance(e, KeyboardInterrupt): raise
-        where = (f'cell {e.cell_index} (execution count {e.exec_count}): {e.ename}: {e.evalue}'
-                 if isinstance(e, pm.PapermillExecutionError) else _why(e, out_dir)).rstrip('.')
-        raise SuiteError(f'stage {stage.name} failed in {stage.notebook}, {where}.{kept} Finished stages are kept, '
-                         f'and running the suite again resumes here.') from None
-    finally:
-        os.environ.pop('KD_NBS_TEACHER_SEARCH', None); shutil.rmtree(sockets, ignore_errors=True)
-    missing = [f for f in stage.outputs if not (out_dir/f).exists()]
-    if missing:
-        failed.parent.mkdir(exist_ok=True); os.replace(tmp, failed)
-        raise SuiteError(f'stage {stage.name} ran but did not write {missing} in {out_dir}; its execution is {failed}')
-    os.replace(tmp, out_nb)
-    write_text_atomic(json.dumps({'params': params, 'notebook': str(out_nb), 'finished': time.time()}),
-                      _stamp(out_dir, stage))
-    return out_nb
 
 # %% ../nbs/90_suite.ipynb #7a3f3b18
 TABLES = {'kl': 'kl.csv', 'color': 'color.csv', 'capacity': 'capacity.csv', 'cam_similarity': 'cam_similarity.csv'}
