@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_suite.ipynb #4871b354
 from __future__ import annotations
-import difflib, errno, fcntl, json, os, shutil, sys, tempfile, time
+import difflib, fcntl, json, os, shutil, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ from .runs import project_root, resolve_device, resolve_preset, gpu_memory_gb, s
 from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
 from .engine import params_diff, run_files
 from .schedule import (Job, Progress, capacity, gpu_slots, make_executor, run_jobs, SuiteError, import_papermill,
-                             _stamp, kernel_sockets, run_stage, write_text_atomic)
+                             _stamp, write_text_atomic)
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0

@@ -4,7 +4,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from kd_nbs.suite import run_suite, run_stage, SuiteError, parse_overrides, _stamp
+from kd_nbs.suite import run_suite, SuiteError, parse_overrides, _stamp
+from kd_nbs.schedule import run_stage
 from kd_nbs.stages import STAGES
 from kd_nbs.engine import save_atomic, CheckpointError
 from kd_nbs.models import VGG
