@@ -12,7 +12,7 @@ PRESET ?= quick
 NAME   ?= $(PRESET)
 SEEDS  ?= 0
 
-.PHONY: setup report test bench export clean-reports gpu-check lab
+.PHONY: setup report test bench export clean-reports gpu-check gpu-study device-bundle lab
 
 $(VENV)/.installed: requirements.txt settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,15 @@ export: setup
 GPU_OUT ?= gpu-check
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m kd_nbs.gpucheck $(GPU_OUT) $(GPU_CHECK_ARGS)
+
+# The whole study at full width (preset gpu-short) on the GPU(s) here, with the machine's own python3 and torch: installs
+# the bundle below when Jupyter is missing, finds the data ($$KD_NBS_DATA, the staged parts in .stage/, else synthetic
+# images), runs the suite and packs its folder without checkpoints into $(GPU_OUT)/gpu-study-<name>.tar.gz
+# (make gpu-study GPU_OUT=$$OUT; GPU_STUDY_ARGS="--preset smoke --name x" and the like)
+gpu-study:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m kd_nbs.gpustudy run $(GPU_OUT) $(GPU_STUDY_ARGS)
+
+# The wheels gpu-study needs on a GPU machine with only torch (Python $(BUNDLE_PY), x86-64 Linux), into .bundle/
+BUNDLE_PY ?= 3.12
+device-bundle: setup
+	$(PY) -m kd_nbs.gpustudy bundle --python $(BUNDLE_PY)

@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     r = sub.add_parser('run', help='run every notebook with papermill into reports/<name>/, then the summary and website')
     r.add_argument('--name', default=None, help='run folder under reports/ (default: the preset)')
-    r.add_argument('--preset', default='quick', choices=['smoke', 'quick', 'paper', 'auto'])
+    r.add_argument('--preset', default='quick', choices=['smoke', 'quick', 'gpu-short', 'paper', 'auto'],
+                   help='quick: 1/4 width for CPUs; gpu-short: full width, 20 epochs, one seed in minutes on one GPU; paper: 200 epochs')
     r.add_argument('--seeds', type=int, nargs='+', default=[0])
     r.add_argument('--epochs', type=int, default=None, help='epochs for every training notebook')
     r.add_argument('--data-dir', default=None, help='folder containing cifar-100-python/ (default: $KD_NBS_DATA or cache)')
@@ -96,3 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'kd-nbs: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''), file=sys.stderr)
         return 1
     return 0
+
+# %% ../nbs/93_cli.ipynb #92dbd49f
+#| eval: false
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: sys.exit(main())   # `python -m kd_nbs.cli`: where no console script is installed

@@ -66,9 +66,11 @@ def _unpickle(path: Path) -> dict:
 
 # %% ../nbs/00a_data.ipynb #a6fcd6ae
 def write_synthetic_cifar100(root: str | os.PathLike, per_class: tuple[int, int] = (5, 1), seed: int = 0) -> Path:
-    "Write a small random CIFAR-100 in the official layout under `root/cifar-100-python`; returns `root`."
+    """Write a random CIFAR-100 in the official layout under `root/cifar-100-python` (and a `SYNTHETIC` file there, so
+    every result trained on it says so); returns `root`."""
     rng, d = np.random.default_rng(seed), Path(root)/'cifar-100-python'
     d.mkdir(parents=True, exist_ok=True)
+    (d/'SYNTHETIC').write_text('Random CIFAR-shaped images written by kd_nbs.data.write_synthetic_cifar100, not CIFAR-100.\n')
     for split, k in zip(('train', 'test'), per_class):
         y = np.tile(np.arange(NUM_CLASSES), k)
         x = rng.integers(0, 256, (len(y), 3072), dtype=np.uint8)
@@ -157,13 +159,21 @@ class CIFAR100:
     classes: list[str]
     root: Path
     sha256: dict = field(default_factory=dict)
+    synthetic: bool = False          # written by `write_synthetic_cifar100` (its folder holds a SYNTHETIC file)
 
     @property
     def device(self) -> torch.device: return self.train_x.device
 
+    @property
+    def source(self) -> str:
+        "`CIFAR-100` when the pixels are the official download's (`sha256`), else what they are: recorded with every result."
+        if self.synthetic: return f'synthetic: random CIFAR-shaped images, not CIFAR-100 (from {self.root})'
+        if all(self.sha256.get(s) == CIFAR100_SHA256[s] for s in SPLIT_SIZES): return 'CIFAR-100'
+        return f'not the official CIFAR-100 (pixels sha256 {self.sha256.get("train", "unknown")[:12]}…, from {self.root})'
+
     def to(self, device) -> CIFAR100:
         t = {k: getattr(self, k).to(device) for k in ('train_x', 'train_y', 'test_x', 'test_y')}
-        return CIFAR100(**t, classes=self.classes, root=self.root, sha256=self.sha256)
+        return CIFAR100(**t, classes=self.classes, root=self.root, sha256=self.sha256, synthetic=self.synthetic)
 
     def __repr__(self):
         return (f'CIFAR100(train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, '
@@ -191,11 +201,12 @@ def load_cifar100(data_dir=None,          # folder holding cifar-100-python/ (No
         if strict: _check_balance(folder/split, y, split)
         sha[split] = pixel_sha256(x)
         arrays[split] = (torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-    data = CIFAR100(*arrays['train'], *arrays['test'], classes=read_classes(folder/'meta'), root=root, sha256=sha)
+    data = CIFAR100(*arrays['train'], *arrays['test'], classes=read_classes(folder/'meta'), root=root, sha256=sha,
+                    synthetic=(folder/'SYNTHETIC').exists())
     if verbose:
         same = all(sha[s] == CIFAR100_SHA256[s] for s in sha)
-        print(f'CIFAR-100 from {folder}: train {len(data.train_y)}, test {len(data.test_y)} images; '
-              f'sha256 train {sha["train"][:12]}…, test {sha["test"][:12]}… '
+        print(f'{"SYNTHETIC images" if data.synthetic else "CIFAR-100"} from {folder}: train {len(data.train_y)}, '
+              f'test {len(data.test_y)} images; sha256 train {sha["train"][:12]}…, test {sha["test"][:12]}… '
               f'({"matches the official download" if same else "differs from the official download"})')
     return data
 

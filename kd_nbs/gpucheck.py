@@ -11,17 +11,18 @@ from pathlib import Path
 import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
-from .stages import STAGES
-from .runs import resolve_device, gpu_memory_gb
-from .schedule import gpu_slots
+from .stages import STAGES, MODELS, Model, depends_on, teacher_name
+from .runs import PRESETS, resolve_device, gpu_memory_gb, stage_epochs
+from .schedule import gpu_slots, chains
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['ROWS', 'DISTILLERS', 'PAPER_STUDY', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'PROFILE_STEPS', 'EQUAL_RTOL', 'check_data',
-           'build_row', 'measure_row', 'kernel_us', 'profile_step', 'measure_anchor', 'measure_share', 'sanity_run',
-           'compiled_vs_eager', 'run_jobs', 'best_rows', 'training_seconds', 'stage_seconds', 'project_study',
-           'project_shared', 'measure_sharing', 'summarize_check', 'print_report', 'gpu_check', 'main']
+__all__ = ['ROWS', 'DISTILLERS', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'PROFILE_STEPS', 'EQUAL_RTOL', 'price_row', 'study_trainings',
+           'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step', 'measure_anchor', 'measure_share',
+           'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows', 'training_seconds', 'stage_seconds',
+           'project_study', 'project_shared', 'measure_sharing', 'critical_path', 'project_preset', 'summarize_check',
+           'print_report', 'gpu_check', 'main']
 
 # %% ../nbs/94_gpucheck.ipynb #f5a5df70
 def _ce(s, t, n): return CrossEntropy()
@@ -41,16 +42,25 @@ ROWS: dict[str, tuple] = {
     'crd': ('vgg11', 'vgg16', _crd), 'dkd': ('vgg11', 'vgg16', _dkd)}
 DISTILLERS = [r for r, (_, teacher, _) in ROWS.items() if teacher == 'vgg16']   # one row per distillation method
 
-# The paper study, one seed: (what, epochs, the row whose epoch time it costs, the stage that trains it). LS costs
-# what SI costs (label smoothing is one more elementwise op), CRD from the colour-invariant teacher what CRD costs,
-# the colour fine-tune what a VGG-16 teacher epoch costs.
-PAPER_STUDY = [('Teacher VGG-16', 200, 'teacher_vgg16', 'teacher_vgg16'), ('Teacher VGG-19', 200, 'teacher_vgg19', 'teacher_vgg19'),
-               ('Colour fine-tune (VGG-16)', 40, 'teacher_vgg16', 'color_train'), ('SI', 200, 'si', 'si'), ('LM', 200, 'lm', 'lm'),
-               ('Hints', 200, 'hints', 'hints'), ('CRD', 200, 'crd', 'crd'), ('LS', 200, 'si', 'ls'), ('DKD', 200, 'dkd', 'dkd'),
-               ('LM from VGG-19', 200, 'lm_vgg19', 'capacity'), ('CRD from the colour-invariant teacher', 200, 'crd', 'color_train')]
 # test-set passes of the study stages (40 in all): KL 8 students and the teacher, colour 2 x 11 plus the jittered set
-STUDY_EVALS = {'kl': 9, 'color_study': 23, 'capacity': 4, 'gradcam': 4}
-STAGE_OVERHEAD_S = 20   # per stage (papermill run): kernel start, imports, reading CIFAR-100 (measured 10-20 s on our CPUs)
+STUDY_EVALS = {'kl': 9, 'color_study': 23, 'capacity_study': 4, 'gradcam': 4}
+STAGE_OVERHEAD_S = 10   # per stage (papermill run): worker and kernel start, imports, reading CIFAR-100 (see the README)
+
+# %% ../nbs/94_gpucheck.ipynb #80bcbbda
+def price_row(m: Model) -> str:
+    """The row whose epoch time prices model `m`: a teacher's for the teachers and the colour fine-tune (a VGG-16
+    epoch); for a student its method's row with a teacher of that size (`lm_vgg19`), and SI's for a method no row
+    measures that needs no teacher (LS: label smoothing is one more elementwise op)."""
+    if m.role != 'student': return f'teacher_{m.arch}'
+    if m.teacher is None: return m.method if m.method in ROWS else 'si'
+    arch = MODELS[teacher_name(m.teacher)].arch
+    return m.method if arch == 'vgg16' else f'{m.method}_{arch}'
+
+# %% ../nbs/94_gpucheck.ipynb #afff2599
+def study_trainings(preset: str = 'paper') -> list[tuple[str, int, str, str]]:
+    "One seed of the study at `preset`: (model label, epochs, the row that prices it, the stage that trains it), from the stage table."
+    epochs = PRESETS[preset]['epochs']
+    return [(m.label, epochs[m.role], price_row(m), s.name) for s in STAGES for m in s.models]
 
 # %% ../nbs/94_gpucheck.ipynb #69c1e85d
 def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_dir: str | None = None,
@@ -305,24 +315,26 @@ def best_rows(rows: list[dict]) -> dict[str, dict]:
     return best
 
 # %% ../nbs/94_gpucheck.ipynb #gc0ts01
-def training_seconds(best: dict[str, dict]) -> dict[str, float]:
-    "Seconds of each training of `PAPER_STUDY` that a measured row prices: epochs × its epoch time, and its first evaluation's extra."
-    extra = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0))
-    return {what: epochs * best[row]['epoch_s'] + extra(best[row]) for what, epochs, row, _ in PAPER_STUDY if row in best}
+def training_seconds(best: dict[str, dict], preset: str = 'paper') -> dict[str, float]:
+    """Seconds of each training of the study at `preset` that a measured row prices: epochs × its epoch time, plus
+    what a training pays once: its first evaluation's extra (cuDNN's search) and its warm-up (compilation)."""
+    once = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0)) + r.get('warmup_s', 0.0)
+    return {what: epochs * best[row]['epoch_s'] + once(best[row]) for what, epochs, row, _ in study_trainings(preset) if row in best}
 
 # %% ../nbs/94_gpucheck.ipynb #gc0ss01
-def stage_seconds(best: dict[str, dict], eval_s: float) -> tuple[dict[str, float], list[str]]:
+def stage_seconds(best: dict[str, dict], eval_s: float, preset: str = 'paper') -> tuple[dict[str, float], list[str]]:
     "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
-    t, priced = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}, training_seconds(best)
-    for what, _, _, stage in PAPER_STUDY: t[stage] += priced.get(what, 0.0)
-    return t, [what for what, *_ in PAPER_STUDY if what not in priced]
+    t, priced = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}, training_seconds(best, preset)
+    study = study_trainings(preset)
+    for what, _, _, stage in study: t[stage] += priced.get(what, 0.0)
+    return t, [what for what, *_ in study if what not in priced]
 
 # %% ../nbs/94_gpucheck.ipynb #gc0ps01
-def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1) -> dict:
-    "Projected wall time of the paper study, one stage at a time: the sum of its stages, per seed."
-    t, missing = stage_seconds(best, eval_s)
+def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1, preset: str = 'paper') -> dict:
+    "Projected wall time of the study at `preset`, one stage at a time: the sum of its stages, per seed."
+    t, missing = stage_seconds(best, eval_s, preset)
     return dict(seeds=seeds, minutes=round(seeds * sum(t.values()) / 60, 1), missing=missing,
-                per_stage_min={k: round(v / 60, 1) for k, v in training_seconds(best).items()})
+                per_stage_min={k: round(v / 60, 1) for k, v in training_seconds(best, preset).items()})
 
 # %% ../nbs/94_gpucheck.ipynb #shar0001
 class _VirtualClock:
@@ -353,12 +365,14 @@ def project_shared(seconds: dict[str, float],     # each stage's seconds alone o
                    k: int,                        # stages at once on the device (`--per-gpu k`)
                    speedups: dict[int, float],    # measured aggregate speed-up of n processes sharing the device
                    ) -> float:
-    "Wall seconds of the study on `k` slots of one device, scheduled by the suite's `run_jobs` on a virtual clock."
+    """Wall seconds of the study on `k` slots of one device, scheduled by the suite's `run_jobs` on a virtual clock,
+    by its rule: of the ready stages, the longest remaining chain (in seconds) first."""
     from types import SimpleNamespace
     from kd_nbs.schedule import Job, capacity, run_jobs as schedule
     clock = _VirtualClock(seconds, _interpolate(speedups))
     quiet = SimpleNamespace(running={}, event=lambda msg: None)
-    schedule([Job(seed, s, {}) for seed in range(seeds) for s in STAGES], clock, capacity(None, k), lambda j: False, quiet)
+    schedule([Job(seed, s, {}) for seed in range(seeds) for s in STAGES], clock, capacity(None, k), lambda j: False, quiet,
+             cost=lambda j: seconds[j.stage.name])
     return clock.now
 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f1
@@ -379,21 +393,22 @@ def measure_sharing(base: dict,              # the job fields every measurement 
     return shares
 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f2
-def summarize_check(measured: list[dict],       # the rows' figures (`measure_row`)
-                    anchors: list[dict],        # the anchors' loop (`measure_anchor`)
-                    shares: dict[int, dict],    # images/s of n trainings sharing the device (`measure_sharing`)
-                    per_gpu: int = 1,           # stages the suite runs at once on this GPU by default (`gpu_slots`)
-                    ) -> dict:
-    """The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and the projected
-    paper study: one seed and three, one stage at a time, with the suite's default `per_gpu` stages sharing the GPU,
-    and with the number that finishes first, each scheduled over the stage graph."""
-    best = best_rows(measured)
+def critical_path(seconds: dict[str, float]) -> dict:
+    "The longest chain of one seed's stages when each takes `seconds[stage]` alone: its minutes and its stages."
+    length, path = max(chains({s.name: depends_on(s) for s in STAGES}, seconds).values())
+    return dict(minutes=round(length / 60, 1), stages=list(path))
+
+def project_preset(best: dict[str, dict],         # the fastest mode of each row (`best_rows`)
+                   speedups: dict[int, float],    # measured aggregate speed-up of n processes sharing the device
+                   preset: str = 'paper',         # whose epochs
+                   per_gpu: int = 1,              # stages the suite runs at once on this GPU by default (`gpu_slots`)
+                   ) -> dict:
+    """The projected study at `preset`: one seed and three, one stage at a time, with the suite's default `per_gpu`
+    stages sharing the GPU, and with the number that finishes first, each scheduled over the stage graph."""
     eval_s = best.get('si', {}).get('eval_s', 0.0)
-    one = shares.get(1, {}).get('img_s') or 0
-    speedups = {k: round(v['img_s'] / one, 2) for k, v in shares.items() if one and v['img_s']}
-    projection = {'1 seed, one stage at a time': project_study(best, eval_s),
-                  '3 seeds, one stage at a time': project_study(best, eval_s, 3)}
-    seconds, missing = stage_seconds(best, eval_s)
+    projection = {'1 seed, one stage at a time': project_study(best, eval_s, 1, preset),
+                  '3 seeds, one stage at a time': project_study(best, eval_s, 3, preset)}
+    seconds, missing = stage_seconds(best, eval_s, preset)
     shared = {k: project_shared(seconds, 3, k, speedups) for k in speedups if k > 1}
     ks = ([min(shared, key=shared.get)] if shared else []) + ([per_gpu] if per_gpu > 1 and len(speedups) > 1 else [])
     for k in dict.fromkeys(ks):                   # the number of stages at once that finishes first; the default
@@ -401,10 +416,23 @@ def summarize_check(measured: list[dict],       # the rows' figures (`measure_ro
         for seeds in (1, 3):
             minutes = round(project_shared(seconds, seeds, k, speedups) / 60, 1)
             projection[f'{seeds} seed{"s" if seeds > 1 else ""}, {label}'] = dict(seeds=seeds, minutes=minutes, missing=missing)
+    projection['critical path, one stage alone at a time'] = dict(**critical_path(seconds), missing=missing)
+    return projection
+
+def summarize_check(measured: list[dict],       # the rows' figures (`measure_row`)
+                    anchors: list[dict],        # the anchors' loop (`measure_anchor`)
+                    shares: dict[int, dict],    # images/s of n trainings sharing the device (`measure_sharing`)
+                    per_gpu: int = 1,           # stages the suite runs at once on this GPU by default (`gpu_slots`)
+                    presets: tuple[str, ...] = ('paper', 'gpu-short'),   # the studies to project
+                    ) -> dict:
+    "The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and each preset's projected study."
+    best = best_rows(measured)
+    one = shares.get(1, {}).get('img_s') or 0
+    speedups = {k: round(v['img_s'] / one, 2) for k, v in shares.items() if one and v['img_s']}
     vs_anchor = {a['row']: round(a['step_ms'] / best[a['row']]['step_ms'], 2) for a in anchors
                  if a.get('row') in best and 'step_ms' in a}
     return dict(best={k: v['mode'] for k, v in best.items()}, share_speedup=speedups, speedup_vs_anchor=vs_anchor,
-                projection=projection)
+                projection={p: project_preset(best, speedups, p, per_gpu) for p in presets})
 
 # %% ../nbs/94_gpucheck.ipynb #c1d2e3f4
 def print_report(report: dict, log=print) -> None:
@@ -426,8 +454,10 @@ def print_report(report: dict, log=print) -> None:
         log(f"where an LM step's time goes ({p.get('mode')}, under the profiler): {p.get('wall_ms')} ms a step, the device's "
             f"kernels {p.get('device_ms')} ms; the host's costliest: "
             + '; '.join(f"{o['op']} {o['us']} µs ({o['calls']}x)" for o in p.get('host_top', [])[:6]) + f" {p.get('error', '')}")
-    for k, v in report['projection'].items():
-        log(f'projected paper study, {k}: {v["minutes"]} min' + (f' (missing {v["missing"]})' if v['missing'] else ''))
+    for preset, projection in report['projection'].items():
+        for k, v in projection.items():
+            log(f'projected {preset} study, {k}: {v["minutes"]} min' + (f' ({" → ".join(v["stages"])})' if 'stages' in v else '')
+                + (f' (missing {v["missing"]})' if v['missing'] else ''))
     log(f'check took {report["wall_s"]} s')
 
 # %% ../nbs/94_gpucheck.ipynb #4e5aa22b
@@ -438,7 +468,7 @@ def gpu_check(out: str,                          # folder for gpu_check.json
               warmup: int = 10,                  # untimed steps first (compilation, CUDA-graph recording)
               modes: list[str] | None = None,    # compile modes to time (None: all three on CUDA, 'off' on a CPU)
               rows: list[str] | None = None,     # models to time (None: both teachers and the five students)
-              share: list[int] = (1, 2, 4),      # numbers of student trainings sharing the device
+              share: list[int] = (1, 2, 4, 6, 8),   # numbers of student trainings sharing the device (the suite's default: `gpu_slots`)
               share_seconds: float = 10.0,       # how long each sharing measurement runs
               anchor_workers: int = 8,           # DataLoader workers of the anchors' loop
               jobs: int | None = None,           # measuring processes at once (None: 4 on CUDA, 1 on a CPU)
@@ -502,7 +532,7 @@ def main(argv: list[str] | None = None, prog: str = 'python -m kd_nbs.gpucheck')
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--modes', nargs='+', default=None, help=f'compile modes to measure, from {COMPILE_MODES}')
     p.add_argument('--rows', nargs='+', default=None, choices=list(ROWS))
-    p.add_argument('--share', type=int, nargs='+', default=[1, 2, 4], help='numbers of processes sharing the device')
+    p.add_argument('--share', type=int, nargs='+', default=[1, 2, 4, 6, 8], help='numbers of processes sharing the device')
     p.add_argument('--share-seconds', type=float, default=10.0)
     p.add_argument('--anchor-workers', type=int, default=8)
     p.add_argument('--jobs', type=int, default=None, help='rows prepared (compiled) at once; timing is one at a time')

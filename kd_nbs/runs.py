@@ -11,23 +11,27 @@ from pathlib import Path
 import torch
 from .data import CIFAR100, load_cifar100
 from .models import VGG
-from .stages import MODELS, teacher_name, student_name, display_name, teacher_command   # names come from the stage table
+from .stages import MODELS, Stage, teacher_name, student_name, display_name, teacher_command   # names come from the stage table
 from .engine import (TrainConfig, Method, fit, load_model, predict, accuracy, Trainable,
                            CrossEntropy, train_step)
 from .schedule import write_text_atomic
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'gpu_memory_gb', 'project_root',
-           'default_out_dir', 'cpu_bf16_faster', 'speed_choices', 'unknown_parameters', 'check_parameters', 'Run',
-           'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir', 'in_suite_stage', 'find_teacher',
-           'load_teacher', 'load_data', 'new_model', 'train', 'read_result', 'evaluate', 'plot_history', 'summary_line',
-           'show_result', 'saved_models']
+__all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'stage_epochs', 'gpu_memory_gb',
+           'project_root', 'default_out_dir', 'cpu_bf16_faster', 'hardware', 'speed_choices', 'unknown_parameters',
+           'check_parameters', 'Run', 'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir',
+           'in_suite_stage', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result',
+           'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
 
 # %% ../nbs/00d_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
 _COMMON = dict(momentum=0.9, weight_decay=5e-4, schedule='cosine')
 # method_defaults: hyperparameters a method notebook leaves to the preset (None there). DKD's `warmup` ramps its
-# loss in over 20 of 200 epochs (mdistiller); the short presets, of 1-2 student epochs, ramp over one.
+# loss in over 20 of 200 epochs (mdistiller), a tenth of the training: gpu-short's over 2 of 20; the CPU presets, of
+# 1-2 student epochs, over one.
+# gpu-short: the paper's recipe at full width, with epochs cut so that one seed of the whole study fits one GPU lease
+# (projected at 6.4 min on one H200 from the GPU check's figures, 94_gpucheck; 25 epochs: 7.2); the colour fine-tune keeps the
+# paper's ratio of a fifth of the teacher's epochs.
 PRESETS: dict[str, dict] = {
     'smoke': dict(width=0.125, batch_size=64, epochs=dict(teacher=1, student=1, finetune=1),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=True, warmup_epochs=0.0,
@@ -35,6 +39,9 @@ PRESETS: dict[str, dict] = {
     'quick': dict(width=0.25, batch_size=128, epochs=dict(teacher=6, student=2, finetune=1),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=True, warmup_epochs=0.3,
                   max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=1), **_COMMON),
+    'gpu-short': dict(width=1.0, batch_size=128, epochs=dict(teacher=20, student=20, finetune=4),
+                      lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
+                      max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=2), **_COMMON),
     'paper': dict(width=1.0, batch_size=128, epochs=dict(teacher=200, student=200, finetune=40),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
                   max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=20), **_COMMON),
@@ -55,6 +62,11 @@ def resolve_preset(preset: str = 'auto', device: str = 'cpu') -> str:
     if preset == 'auto': preset = os.environ.get('KD_NBS_PRESET') or ('paper' if device.startswith('cuda') else 'quick')
     if preset not in PRESETS: raise ValueError(f'preset={preset!r}; choose one of {sorted(PRESETS) + ["auto"]}')
     return preset
+
+# %% ../nbs/00d_runs.ipynb #05adfbb4
+def stage_epochs(stage: Stage, preset: str) -> int:
+    "Epochs a stage trains at `preset` (each model its role's), 1 for a stage that only measures: what the scheduler's chains weigh."
+    return sum(PRESETS[preset]['epochs'][m.role] for m in stage.models) or 1
 
 # %% ../nbs/00d_runs.ipynb #gpumem01
 def gpu_memory_gb() -> float | None:
@@ -109,6 +121,12 @@ def cpu_bf16_faster(width: float,              # channel multiplier of the probe
         try: write_text_atomic(json.dumps(cache, indent=1), path)
         except OSError: pass                      # a read-only home only costs the probe next time
     return cache[key]['bf16']
+
+# %% ../nbs/00d_runs.ipynb #5f63e1d8
+def hardware(device: str) -> str:
+    "What a run trains on, for people: the GPU's name (`NVIDIA H200`), or the CPU's model and cores."
+    if device.startswith('cuda'): return torch.cuda.get_device_name(torch.device(device))
+    return f'{_cpu_model()} ({os.cpu_count()} cores)'
 
 # %% ../nbs/00d_runs.ipynb #a6f851b7
 def _need(name, value, ok: bool, what: str):
@@ -179,7 +197,7 @@ class Run:
 
 # %% ../nbs/00d_runs.ipynb #runs0su1
 def setup_run(role: str = 'student',             # teacher | student | finetune: which of the preset's epochs and lr
-              preset: str = 'auto',              # smoke | quick | paper | auto (paper on CUDA, quick elsewhere)
+              preset: str = 'auto',              # smoke | quick | gpu-short | paper | auto (paper on CUDA, quick elsewhere)
               epochs: int | None = None,         # None: the preset's
               lr: float | None = None,           # base learning rate of the cosine schedule (None: the preset's)
               batch_size: int | None = None,     # None: the preset's (128; 64 for smoke)
@@ -299,7 +317,7 @@ def train(run: Run,                       # the notebook's validated parameters 
           record: dict | None = None,     # more parameters to record with the result
           **kw) -> dict:                  # passed to `fit` (`progress`, `resume_run`)
     "Train `model` with `method` for `run` (or an adjusted `cfg`); returns the engine's result dict."
-    params = run.record(method=type(method).__name__, arch=model.arch, **(record or {}))
+    params = run.record(method=type(method).__name__, arch=model.arch, data=data.source, **(record or {}))
     return fit(model, method, data, cfg or run.cfg, run.out_dir, name, teacher=teacher, params=params, **kw)
 
 # %% ../nbs/00d_runs.ipynb #bd77726c

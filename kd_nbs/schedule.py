@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple, Protocol
 from .stages import Stage, MODELS, depends_on
 
 # %% auto #0
-__all__ = ['STAGE_GPU_GB', 'MAX_PER_GPU', 'Job', 'graph', 'capacity', 'gpu_slots', 'SuiteError', 'write_text_atomic',
+__all__ = ['STAGE_GPU_GB', 'MAX_PER_GPU', 'Job', 'graph', 'chains', 'capacity', 'gpu_slots', 'SuiteError', 'write_text_atomic',
            'import_papermill', 'kernel_sockets', 'run_stage', 'die_with_parent', 'link_inputs', 'run_job', 'Executor',
            'InlineExecutor', 'worker', 'threads_per_job', 'read_threads', 'LocalExecutor', 'duration', 'stage_status',
            'slot_name', 'Progress', 'Outcome', 'run_jobs', 'make_executor']
@@ -41,6 +41,23 @@ def graph(jobs: list[Job]) -> dict[str, tuple[str, ...]]:
         wanted = dict.fromkeys([*(f'seed{j.seed}/{d}' for d in depends_on(j.stage)), *j.after])   # ordered, no repeats
         return tuple(k for k in wanted if k in keys)
     return {j.key: deps(j) for j in jobs}
+
+# %% ../nbs/90a_schedule.ipynb #13e49eba
+def chains(deps: dict[str, tuple[str, ...]],   # each job → the jobs it waits for (`graph`)
+           cost: dict[str, float],              # each job's own cost (epochs, seconds)
+           ) -> dict[str, tuple[float, tuple[str, ...]]]:
+    "Each job → the length of its longest remaining chain (itself, then the jobs that wait for it) and that chain."
+    waiters: dict[str, list[str]] = {k: [] for k in deps}
+    for k, ds in deps.items():
+        for d in ds: waiters[d].append(k)
+    out: dict[str, tuple[float, tuple[str, ...]]] = {}
+    def walk(k: str) -> tuple[float, tuple[str, ...]]:
+        if k not in out:
+            length, path = max((walk(w) for w in waiters[k]), default=(0.0, ()))
+            out[k] = (cost[k] + length, (k, *path))
+        return out[k]
+    for k in deps: walk(k)
+    return out
 
 # %% ../nbs/90a_schedule.ipynb #577d0578
 def capacity(gpus: list[str] | None, per_gpu: int = 1) -> dict[str | None, int]:
@@ -381,9 +398,12 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
              is_done: Callable[[Job], bool],              # a finished job with these parameters: skipped
              progress: Progress | None = None,            # live lines (None: events printed plainly)
              label: Callable[[Job], str] = lambda j: j.key,   # how events name a job
+             cost: Callable[[Job], float] | None = None,  # a job's expected length: of the ready jobs, the longest
+                                                          # remaining chain (`chains`) starts first (None: list order)
              ) -> dict[str, Outcome]:
     "Run `jobs` over the slots of `cap` in dependency order; a failed job blocks only its dependents."
     deps, by_key = graph(jobs), {j.key: j for j in jobs}
+    rank = {k: -length for k, (length, _) in chains(deps, {j.key: cost(j) if cost else 0.0 for j in jobs}).items()}
     todo = dict(by_key)
     out: dict[str, Outcome] = {}
     running: dict[str, tuple[object, str | None, float]] = {}
@@ -395,7 +415,7 @@ def run_jobs(jobs: list[Job],                             # in the order to pref
             if bad := [d for d in deps[k] if d in out and out[d].status in ('failed', 'blocked')]:
                 out[k] = Outcome('blocked', f'{k} did not run: it needs {", ".join(bad)}'); del todo[k]
                 say(f'{label(by_key[k])}: not run, {", ".join(bad)} failed')
-        for k in list(todo):
+        for k in sorted(todo, key=rank.get):              # stable: list order among equal chains
             if not ready(k): continue
             j, startable = todo[k], sum(map(ready, todo))      # this one and the others that could start now
             if is_done(j):

@@ -4,15 +4,16 @@
 
 # %% ../nbs/91_site.ipynb #9d173ceb
 from __future__ import annotations
-import json, re, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
-from .stages import REPORT_TITLES
+from .stages import REPORT_TITLES, T16, T19
 from .findings import findings, published_comparison
 from .figures import draw_figures
 
 # %% auto #0
-__all__ = ['CAM', 'CAM_FINE', 'HEADLINES', 'findings_section', 'published_section', 'home_page', 'reader_notebook', 'build_site']
+__all__ = ['CAM', 'CAM_FINE', 'HEADLINES', 'findings_section', 'run_line', 'data_note', 'published_section', 'home_page',
+           'reader_notebook', 'build_site']
 
 # %% ../nbs/91_site.ipynb #66e3957f
 CAM, CAM_FINE = 'distillation_grad_cam_comparison.png', 'distillation_grad_cam_block2.png'   # written by 11_gradcam
@@ -39,6 +40,34 @@ def findings_section(summary: dict) -> list[str]:
              'within it or when only one seed ran.', '']
     return lines + [f'{i}. {f.markdown()}' for i, f in enumerate(findings(summary.get('per_seed', {})), 1)] + ['']
 
+# %% ../nbs/91_site.ipynb #1ae8af74
+def run_line(summary: dict) -> str:
+    "The run in one sentence: its name and preset, the models' width and epochs, the seeds and what it ran on."
+    cfg, acc = summary['config'], pd.DataFrame(summary.get('per_seed', {}).get('accuracy', []))
+    scale = ''
+    if not acc.empty:
+        widths = sorted(acc.width.dropna().unique())
+        teacher = acc.model.isin([T16, T19])
+        e_t, e_s = (sorted(acc.epochs[m].unique()) for m in (teacher, ~teacher & acc.model.str.startswith('student_')))
+        fmt = lambda e: ('/'.join(map(str, e)) or '–') + (' epoch' if list(e) == [1] else ' epochs')
+        scale = (', full width' if widths == [1.0] else f', width {"/".join(f"{w:g}" for w in widths)}') + (
+            f', {fmt(e_t)}' if e_t == e_s else f', teachers {fmt(e_t)}, students {fmt(e_s).removesuffix(" epochs").removesuffix(" epoch")}')
+    seeds = summary['seeds']
+    return (f'Run `{cfg["name"]}`: preset `{cfg["preset"]}`{scale}, seed{"s" if len(seeds) > 1 else ""} '
+            f'{", ".join(map(str, seeds))}' + (f', on {cfg["hardware"]}' if cfg.get('hardware') else '')
+            + (f', finished {cfg["finished"]}' if cfg.get('finished') else '') + '.')
+
+# %% ../nbs/91_site.ipynb #3d3be425
+def data_note(summary: dict) -> list[str]:
+    "Markdown lines warning that the models were not trained on CIFAR-100 (synthetic images, or another copy); none when they were."
+    other = [d for d in summary.get('data', []) if d != 'CIFAR-100']
+    if not other: return []
+    if any(d.startswith('synthetic') for d in other):
+        text = ('**Synthetic data.** These models were trained and tested on CIFAR-shaped random images, not on '
+                'CIFAR-100: the numbers show that the study runs end to end, and how fast, not what distillation does.')
+    else: text = f'**Not the official CIFAR-100.** These models were trained on {"; ".join(other)}.'
+    return ['```{warning}', text, '```', '']
+
 # %% ../nbs/91_site.ipynb #code_pub1
 def published_section(summary: dict) -> list[str]:
     "Markdown lines: published from-scratch accuracies and distillation gains beside this run's, marked as other setups."
@@ -54,11 +83,9 @@ def published_section(summary: dict) -> list[str]:
 # %% ../nbs/91_site.ipynb #code_home
 def home_page(summary: dict, notebooks: list[Path], figures: dict[str, str]) -> str:
     "Markdown of the home page: findings, each figure above its table, published numbers, links to every notebook."
-    cfg = summary['config']
-    lines = ['# Knowledge distillation on CIFAR-100: results', '',
-             f'VGG-16/19 teachers, VGG-11 students. Run `{cfg["name"]}`: preset `{cfg["preset"]}`, '
-             f'seeds {", ".join(map(str, summary["seeds"]))}' + (' (mean ± std over seeds; error bars show the std)'
-                                                                if len(summary['seeds']) > 1 else '') + '.', '']
+    lines = ['# Knowledge distillation on CIFAR-100: results', '', *data_note(summary),
+             'VGG-16/19 teachers, VGG-11 students. ' + run_line(summary) + (' Mean ± std over seeds; error bars show the std.'
+                                                                          if len(summary['seeds']) > 1 else ''), '']
     lines += findings_section(summary)
     for key, title, fig, note in HEADLINES:
         if key not in summary['tables'] and fig not in figures: continue
@@ -138,7 +165,9 @@ def build_site(run_dir: str | Path,                  # a `kd-nbs run` folder, wi
         if (seed_dir/name).exists(): shutil.copy(seed_dir/name, book/name); figures[key] = name
     (book/'index.md').write_text(home_page(summary, notebooks, figures))
     (book/'_config.yml').write_text(
-        f'title: "kd-nbs: {summary["config"]["name"]}"\nauthor: kd-nbs\nonly_build_toc_files: true\n'
+        f'title: "kd-nbs: {summary["config"]["name"]}"\nauthor: kd-nbs\n'
+        f'copyright: "{summary["config"].get("finished") or time.strftime("%Y-%m-%d")} (run {summary["config"]["name"]})"\n'
+        'only_build_toc_files: true\n'
         'execute:\n  execute_notebooks: "off"\nhtml:\n  use_repository_button: false\n'
         'sphinx:\n  config:\n    suppress_warnings: ["mystnb.unknown_mime_type", "misc.highlighting_failure"]\n'
         '    html_static_path: ["_static"]\n    html_css_files: ["wrap.css"]\n')

@@ -20,6 +20,7 @@ class Model:
     method: str | None = None        # the method notebook's short name (students)
     teacher: str | None = None       # the teacher it was distilled from
     arch: str = 'vgg11'              # its VGG (what a checkpoint under this name must hold)
+    role: str = 'student'            # teacher | student | finetune: which of a preset's epochs and learning rates it trains with
 
 # %% ../nbs/00e_stages.ipynb #stg0st01
 @dataclass(frozen=True)
@@ -57,18 +58,24 @@ _NO_TEACHER = ('si', 'ls')
 _ALL_STUDENTS = tuple(f'student_{m}' for m in STUDENT_METHODS) + ('student_lm_from_vgg19', 'student_crd_color_invariant')
 
 STAGES: tuple[Stage, ...] = (
-    Stage('teacher_vgg16', '01_teacher.ipynb', 'Teacher VGG-16', (Model(T16, 'Teacher VGG-16', arch='vgg16'),), params={'arch': 'vgg16'}),
-    Stage('teacher_vgg19', '01_teacher.ipynb', 'Teacher VGG-19', (Model(T19, 'Teacher VGG-19', arch='vgg19'),), params={'arch': 'vgg19'}),
+    Stage('teacher_vgg16', '01_teacher.ipynb', 'Teacher VGG-16', (Model(T16, 'Teacher VGG-16', arch='vgg16', role='teacher'),), params={'arch': 'vgg16'}),
+    Stage('teacher_vgg19', '01_teacher.ipynb', 'Teacher VGG-19', (Model(T19, 'Teacher VGG-19', arch='vgg19', role='teacher'),), params={'arch': 'vgg19'}),
     # The colour study in two stages of one notebook: its training needs only VGG-16, so it runs beside the students
     # (listed early: it is the longest student-side stage); its measurement reads every model, so it comes last.
     Stage('color_train', '09_color.ipynb', 'Colour invariance: the colour-invariant teacher and its CRD student',
-          (Model(TCI, 'Teacher VGG-16 (colour-invariant)', arch='vgg16'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
+          (Model(TCI, 'Teacher VGG-16 (colour-invariant)', arch='vgg16', role='finetune'), Model('student_crd_color_invariant', 'CRD (colour-inv. teacher)', 'crd', 'color_invariant')),
           reads=(T16,), params={'part': 'train'}, group='color'),
+    # The capacity study likewise: LM from VGG-19 needs only that teacher, so it trains beside the other students
+    # (it used to wait for LM as well, and VGG-16 → LM → LM from VGG-19 was the study's longest chain); the
+    # comparison reads both LM students.
+    Stage('capacity_train', '10_capacity.ipynb', 'Teacher capacity: the LM student of the VGG-19 teacher',
+          (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), reads=(T19,), params={'part': 'train'},
+          group='capacity'),
     *(Stage(m, f'0{i}_{m}.ipynb', _TITLES[m],
             (Model(f'student_{m}', _LABELS[m], m, None if m in _NO_TEACHER else 'vgg16'),),
             reads=() if m in _NO_TEACHER else (T16,)) for i, m in enumerate(STUDENT_METHODS, 2)),
-    Stage('capacity', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16',
-          (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), ('capacity.csv',), (T16, T19, 'student_lm')),
+    Stage('capacity_study', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16', (), ('capacity.csv',),
+          (T16, T19, 'student_lm', 'student_lm_from_vgg19'), params={'part': 'study'}, group='capacity'),
     Stage('color_study', '09_color.ipynb', 'Colour invariance: what colour jitter costs each model', (), ('color.csv',),
           (T16, T19, TCI, *_ALL_STUDENTS), params={'part': 'study'}, group='color'),
     Stage('kl', '08_kl.ipynb', 'KL ranking: which student approximates the teacher best', (), ('kl.csv',), (T16, *_ALL_STUDENTS)),

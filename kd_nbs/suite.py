@@ -10,17 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from .runs import project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, RUN_PARAMS
+from .runs import (PRESETS, project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, stage_epochs,
+                         hardware, RUN_PARAMS)
 from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
 from .engine import params_diff, run_files
-from .schedule import (Job, Progress, capacity, gpu_slots, make_executor, run_jobs, SuiteError, import_papermill,
+from .schedule import (Job, Progress, capacity, chains, graph, gpu_slots, make_executor, run_jobs, SuiteError, import_papermill,
                              _stamp, write_text_atomic)
 from .sweeps import SWEEP_COLUMNS, sweep_jobs, sweep_table
 
 # %% auto #0
 __all__ = ['SHARED', 'TABLES', 'SORT_BY', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done',
            'changed_params', 'archive_stage', 'run_lock', 'check_overrides', 'check_values', 'accuracy_table',
-           'collect', 'mean_std', 'summarize', 'write_summary', 'select_stages', 'stage_waits', 'plan',
+           'data_sources', 'collect', 'mean_std', 'summarize', 'write_summary', 'select_stages', 'stage_waits', 'plan',
            'refuse_or_archive', 'check_inputs', 'failure_report', 'execute', 'finish', 'default_slots',
            'cpu_paper_warning', 'run_suite']
 
@@ -141,6 +142,12 @@ def accuracy_table(out_dir: Path) -> pd.DataFrame:
                      'accuracy': r['best_acc'], 'epochs': r['epochs'], 'minutes': r['wall_s'] / 60})
     return pd.DataFrame(rows)
 
+# %% ../nbs/90_suite.ipynb #e8d2e4da
+def data_sources(seed_dirs: dict[int, Path]) -> list[str]:
+    "What the models of these folders were trained on (`CIFAR100.source`, recorded with each result), each once."
+    found = (json.loads(p.read_text())['params']['run'].get('data') for d in seed_dirs.values() for p in sorted(d.glob('*_result.json')))
+    return sorted({s for s in found if s})
+
 # %% ../nbs/90_suite.ipynb #f0e1d2c3
 def collect(seed_dirs: dict[int, Path]) -> dict[str, pd.DataFrame]:
     "Every results table, all seeds stacked, with a `seed` column."
@@ -182,10 +189,12 @@ def summarize(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 # %% ../nbs/90_suite.ipynb #sui0ws01
 def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict, missing: dict | None = None) -> dict[str, pd.DataFrame]:
-    "`summary.json` (per-seed rows and mean ± std tables, the suite's parameters, what is `missing`) and `summary.md`."
+    """`summary.json` (per-seed rows and mean ± std tables, the suite's parameters, what is `missing`, the data the
+    models were trained on) and `summary.md`."""
     tables = collect(seed_dirs)
     summary = summarize(tables)
     write_text_atomic(json.dumps({'config': config, 'seeds': list(seed_dirs), 'missing': missing or {},
+                                  'data': data_sources(seed_dirs),
                                   'per_seed': {k: v.to_dict('records') for k, v in tables.items()},
                                   'tables': {k: v.to_dict('records') for k, v in summary.items()}}, indent=1, default=str),
                       run_dir/'summary.json')
@@ -277,8 +286,12 @@ def failure_report(outcomes: dict, run_dir: Path) -> str:
 
 # %% ../nbs/90_suite.ipynb #exe00001
 def execute(jobs: list[Job], stages: list[Stage], executor: str, cap: dict, address: str | None, run_dir: Path,
-            progress: bool = True) -> dict:
-    "Run the planned `jobs` on the executor's slots, with live lines in `progress.log`; each job's `Outcome`."
+            progress: bool = True, preset: str = 'paper') -> dict:
+    """Run the planned `jobs` on the executor's slots, with live lines in `progress.log`, the longest remaining chain
+    of `preset`'s epochs first; each job's `Outcome`."""
+    cost = lambda j: stage_epochs(j.stage, preset)
+    length, path = max(chains(graph(jobs), {j.key: cost(j) for j in jobs}).values())
+    print(f'longest chain: {" → ".join(path)} ({length} epochs)', flush=True)
     number = {s.name: i for i, s in enumerate(stages, 1)}
     where = lambda j: f'{number[j.stage.name]}/{len(stages)}' if j.stage.name in number else 'sweep'
     label = lambda j: f'[seed {j.seed} · {where(j)}] {j.stage.name} ({j.stage.notebook})'
@@ -286,7 +299,7 @@ def execute(jobs: list[Job], stages: list[Stage], executor: str, cap: dict, addr
     cap = ex.slots(cap)                         # Ray: the cluster's GPUs, whatever this machine has
     try:
         with (Progress(run_dir/'progress.log') if progress else nullcontext()) as live:
-            return run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label)
+            return run_jobs(jobs, ex, cap, lambda j: is_done(j.stage, j.params, j.out_dir), live, label, cost)
     finally: ex.close()
 
 # %% ../nbs/90_suite.ipynb #fin00001
@@ -320,13 +333,16 @@ def default_slots(gpus: list[str] | None,        # the `--gpus` list (None: no p
 
 # %% ../nbs/90_suite.ipynb #sui0pw01
 def cpu_paper_warning(preset: str, device: str | None, gpus: list[str] | None, executor: str = 'local') -> str | None:
-    "A warning when the paper preset is to train on this machine's CPU; None otherwise (a GPU, Ray's cluster, another preset)."
+    "A warning when a full-width preset is to train on this machine's CPU; None otherwise (a GPU, Ray's cluster, a CPU preset)."
     if executor != 'local' or gpus: return None
     try: dev = resolve_device(device)
     except ValueError: return None                # CUDA asked for without a GPU: refused later, stage by stage
-    if dev.startswith('cuda') or resolve_preset(preset, dev) != 'paper': return None
-    return ('warning: the paper preset on the CPU trains 11 full-width VGGs for 200 epochs, 16x the quick preset\'s work '
-            'per epoch for 33-100x the epochs: weeks on a few cores. Use a GPU (kd-nbs gpu-check projects the study there), '
+    if dev.startswith('cuda') or PRESETS[name := resolve_preset(preset, dev)]['width'] < 1: return None
+    epochs = lambda p: sum(stage_epochs(s, p) for s in STAGES if s.models)
+    times, e = epochs(name) / epochs('quick'), PRESETS[name]['epochs']
+    return (f'warning: the {name} preset on the CPU trains 11 full-width VGGs ({e["teacher"]} teacher and {e["student"]} '
+            f"student epochs), 16x the quick preset's work per epoch for {times:.0f}x its epochs: "
+            f'{"weeks" if times > 30 else "days"} on a few cores. Use a GPU (kd-nbs gpu-check projects the study there), '
             'or --preset quick.')
 
 # %% ../nbs/90_suite.ipynb #6b0f8115
@@ -375,8 +391,10 @@ def run_suite(name: str = 'quick',                  # run folder: reports/<name>
     with run_lock(run_dir):
         refuse_or_archive(jobs, rerun_changed)
         t_start = time.time()
-        outcomes = execute(jobs, stages, executor, cap, address, run_dir, progress)
+        outcomes = execute(jobs, stages, executor, cap, address, run_dir, progress, resolve_preset(preset, resolve_device(device)))
         config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides,
-                      gpus=gpus, per_gpu=per_gpu, executor=executor, sweeps=sweeps or {})
+                      gpus=gpus, per_gpu=per_gpu, executor=executor, sweeps=sweeps or {},
+                      hardware=hardware(resolve_device(device)) if executor == 'local' else 'a Ray cluster',
+                      finished=time.strftime('%Y-%m-%d'))
         finish(run_dir, seeds, config, outcomes, site, t_start)
     return run_dir

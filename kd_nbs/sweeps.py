@@ -16,7 +16,8 @@ from .schedule import Job
 __all__ = ['SWEEPABLE', 'SWEEP_COLUMNS', 'parse_sweeps', 'variants', 'sweep_jobs', 'sweep_table']
 
 # %% ../nbs/90c_sweeps.ipynb #8620753e
-SWEEPABLE = tuple(s.name for s in STAGES if len(s.models) == 1 and s.models[0].method and not s.tables)
+# the student stages of the VGG-16 teacher (or of none): each variant is measured against that teacher (KL, agreement)
+SWEEPABLE = tuple(s.name for s in STAGES if len(s.models) == 1 and s.models[0].method and s.models[0].teacher in (None, 'vgg16'))
 
 def parse_sweeps(items: list[str]) -> dict[str, dict[str, list]]:
     "`['dkd.beta=1,2', 'lm.T=2,4']` → `{'dkd': {'beta': [1, 2]}, 'lm': {'T': [2, 4]}}`; clear errors otherwise."

@@ -86,9 +86,9 @@ def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_p
         run_suite('f', 'smoke', **kw)
     msg = str(e.value)
     assert 'stage lm failed in 03_lm.ipynb, cell 2' in msg and 'this stage fails on purpose' in msg
-    assert 'Not run, because a stage they need failed: seed0/capacity, seed0/color_study, seed0/kl, seed0/gradcam.' in msg
+    assert 'Not run, because a stage they need failed: seed0/capacity_study, seed0/color_study, seed0/kl, seed0/gradcam.' in msg
     missing = json.loads((tmp_path/'f'/'summary.json').read_text())['missing']
-    assert set(missing) == {'seed0/lm', 'seed0/capacity', 'seed0/color_study', 'seed0/kl', 'seed0/gradcam'}
+    assert set(missing) == {'seed0/lm', 'seed0/capacity_study', 'seed0/color_study', 'seed0/kl', 'seed0/gradcam'}
     ran = set(timings(tmp_path/'f'))
     assert ran == {f'seed0/{s.name}' for s in STAGES} - set(missing)       # all the others finished
     capsys.readouterr()
