@@ -74,9 +74,14 @@ def test_gpu_check_at_tiny_width_writes_every_row(tmp_path):
     assert pr['row'] == 'lm' and pr['wall_ms'] > 0 and len(pr['host_top']) == 12, pr
     s = report['sanity']
     assert s['finite'] and s['cpu_load'] and s['same_predictions'], s
-    p = report['projection']['1 seed, one stage at a time']
-    assert p['missing'] == [] and p['minutes'] > 0
-    shared = [v for k, v in report['projection'].items() if k.startswith('1 seed, 2 stages')]   # scheduled over the graph
-    assert len(shared) == 1 and 0 < shared[0]['minutes']
-    assert 'projected paper study' in r.stdout
-    assert report['env']['gpu_gb'] is None and not any('default here' in k for k in report['projection'])   # no GPU: 1 at a time
+    assert set(report['projection']) == {'paper', 'gpu-short'}
+    for study in report['projection'].values():
+        p = study['1 seed, one stage at a time']
+        assert p['missing'] == [] and p['minutes'] > 0
+        shared = [v for k, v in study.items() if k.startswith('1 seed, 2 stages')]   # scheduled over the graph
+        assert len(shared) == 1 and 0 < shared[0]['minutes']
+        assert study['critical path, one stage alone at a time']['stages'][0] == 'teacher_vgg16'
+    alone = {k: v['1 seed, one stage at a time']['minutes'] for k, v in report['projection'].items()}
+    assert alone['gpu-short'] < alone['paper']                                        # 20 epochs, not 200
+    assert 'projected paper study' in r.stdout and 'projected gpu-short study' in r.stdout
+    assert report['env']['gpu_gb'] is None and not any('default here' in k for v in report['projection'].values() for k in v)   # no GPU: 1 at a time
