@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, importlib, importlib.metadata as md, json, os, re, shutil, subprocess, sys, tarfile, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
+from .core import dataclass_parser
 
 # %% auto #0
 __all__ = ['BUNDLE_ROOTS', 'PACK_LIMIT', 'ROOT', 'PLATFORMS', 'JUPYTER', 'canonical', 'image_packages', 'marker_env', 'closure',
@@ -164,25 +165,6 @@ class StudyConfig:
     gpu_check: bool = False                 # also run the GPU check's rows (about 5 min more) into the run folder
     budget_min: float = 10.0                # the lease's limit on one command, for the closing line
 
-# %% ../nbs/95_gpustudy.ipynb #d06a7bd5
-def _parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    "A command line from a dataclass: the first field positional, the others `--options`, each help its field's comment."
-    import inspect
-    try: src = inspect.getsource(cls)
-    except OSError: src = ''                 # a class defined in a notebook cell has no file: no help texts
-    helps = dict(re.findall(r'^\s+(\w+):[^#\n]*#\s*(.*)$', src, re.M))
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    for i, f in enumerate(dataclasses.fields(cls)):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kw = dict(help=helps.get(f.name, ''), default=default)
-        if isinstance(default, bool): kw.update(action='store_true')
-        elif isinstance(default, list): kw.update(nargs='+', type=type(default[0]))
-        elif isinstance(default, (int, float)) and default is not None: kw.update(type=type(default))
-        elif 'int' in str(f.type): kw.update(type=int)
-        if i == 0: p.add_argument(f.name, nargs='?', **kw)
-        else: p.add_argument('--' + f.name.replace('_', '-'), **kw)
-    return p
-
 # %% ../nbs/95_gpustudy.ipynb #77c28b5e
 def projected(preset: str, per_gpu: int | None, log=print) -> float | None:
     "Minutes the newest GPU check in benchmarks/ projects for one seed of `preset` with the default sharing; None without one."
@@ -236,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument('--python', default='3.12', help="the machine's Python, major.minor")
         build_bundle(p.parse_args(argv[1:]).python); return 0
     if argv[:1] == ['run']: argv = argv[1:]
-    cfg = StudyConfig(**vars(_parser(StudyConfig, 'make gpu-study', 'The whole study at a full-width preset on this '
+    cfg = StudyConfig(**vars(dataclass_parser(StudyConfig, 'make gpu-study', 'The whole study at a full-width preset on this '
                                      'GPU, packed without checkpoints.').parse_args(argv)))
     try: gpu_study(cfg)
     except Exception as e:

@@ -4,13 +4,14 @@
 
 # %% ../nbs/00b_models.ipynb #0ef079f5
 from __future__ import annotations
+import copy
 from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['VGG_CFGS', 'VGGOutput', 'VGG', 'feature_shapes', 'count_parameters']
+__all__ = ['VGG_CFGS', 'VGGOutput', 'VGG', 'feature_shapes', 'count_parameters', 'fold_bn']
 
 # %% ../nbs/00b_models.ipynb #d953e1d9
 VGG_CFGS = {
@@ -85,3 +86,20 @@ def feature_shapes(model: VGG) -> list[tuple[int, ...]]:
 # %% ../nbs/00b_models.ipynb #ffec2f3a
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+# %% ../nbs/00b_models.ipynb #e2b4e2cd
+@torch.no_grad()
+def fold_bn(model: nn.Module) -> nn.Module:
+    "A frozen copy of `model` in which every `Conv2d` directly followed by a `BatchNorm2d` absorbs it."
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)): continue
+            s = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            conv.weight.copy_(conv.weight * s.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(s * (bias - bn.running_mean) + shift)
+            seq[i + 1] = nn.Identity()
+    return model.requires_grad_(False)

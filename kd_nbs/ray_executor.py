@@ -7,7 +7,8 @@ from __future__ import annotations
 import secrets, shutil
 from pathlib import Path
 from typing import Callable
-from .schedule import Job, run_job
+from .schedule import Job
+from .executors import run_job
 
 # %% auto #0
 __all__ = ['INSTALL', 'import_ray', 'shared_folder_problems', 'visit_folder', 'RayExecutor']

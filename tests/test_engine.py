@@ -2,7 +2,8 @@ import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from kd_nbs.engine import (fit, TrainConfig, CrossEntropy, save_atomic, load_checkpoint, load_model, CheckpointError)
+from kd_nbs.engine import fit, TrainConfig, CrossEntropy
+from kd_nbs.checkpoints import save_atomic, load_checkpoint, load_model, CheckpointError
 from kd_nbs.models import VGG
 from kd_nbs.crd import CRD
 

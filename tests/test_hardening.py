@@ -4,10 +4,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from kd_nbs.suite import run_suite, SuiteError, parse_overrides, _stamp
-from kd_nbs.schedule import run_stage
+from kd_nbs.suite import run_suite, SuiteError, parse_overrides
+from kd_nbs.executors import _stamp
+from kd_nbs.executors import run_stage
 from kd_nbs.stages import STAGES
-from kd_nbs.engine import save_atomic, CheckpointError
+from kd_nbs.checkpoints import save_atomic, CheckpointError
 from kd_nbs.models import VGG
 
 ROOT = Path(__file__).resolve().parents[1]

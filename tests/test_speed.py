@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 from kd_nbs.models import VGG
-from kd_nbs.engine import TrainConfig, fold_bn
+from kd_nbs.engine import TrainConfig
+from kd_nbs.models import fold_bn
 from kd_nbs.gpucheck import ROWS, check_data, compiled_vs_eager
 
 ROOT = Path(__file__).resolve().parents[1]
