@@ -39,8 +39,18 @@ def duration(seconds: float) -> str:
     return f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.1f} min' if seconds < 5400 else f'{seconds / 3600:.1f} h'
 
 # %% ../nbs/00_core.ipynb #d06a7bd5
+_TYPES = {'int': int, 'float': float, 'str': str}
+
+def _option(annotation: str, default) -> dict:
+    "argparse keywords for a field annotated `annotation` (a string, under `from __future__ import annotations`)."
+    t = str(annotation)
+    if (elem := re.search(r'(?:list|tuple)\[(\w+)', t)): return dict(nargs='+', type=_TYPES.get(elem.group(1), str))
+    if default is False or t == 'bool': return dict(action='store_true')
+    return next((dict(type=typ) for name, typ in _TYPES.items() if re.search(rf'\b{name}\b', t)), {})
+
 def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    "A command line from a dataclass: the first field positional, the others `--options`, each help its field's comment."
+    """A command line from a dataclass: the first field positional, the others `--options` typed from their annotations,
+    each help its field's comment; a field's `metadata` adds argparse keywords (`choices`, `nargs`)."""
     import inspect
     try: src = inspect.getsource(cls)
     except OSError: src = ''                 # a class defined in a notebook cell has no file: no help texts
@@ -48,11 +58,9 @@ def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParse
     p = argparse.ArgumentParser(prog=prog, description=description)
     for i, f in enumerate(dataclasses.fields(cls)):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kw = dict(help=helps.get(f.name, ''), default=default)
-        if isinstance(default, bool): kw.update(action='store_true')
-        elif isinstance(default, list): kw.update(nargs='+', type=type(default[0]))
-        elif isinstance(default, (int, float)) and default is not None: kw.update(type=type(default))
-        elif 'int' in str(f.type): kw.update(type=int)
-        if i == 0: p.add_argument(f.name, nargs='?', **kw)
+        kw = dict(help=helps.get(f.name, '') + (f' (default: {default})' if default not in (None, False, '') else ''),
+                  default=default)
+        kw.update(_option(f.type, default)); kw.update(f.metadata)          # the field's own keywords win
+        if i == 0: p.add_argument(f.name, nargs='?', **{k: v for k, v in kw.items() if k != 'nargs'})
         else: p.add_argument('--' + f.name.replace('_', '-'), **kw)
     return p

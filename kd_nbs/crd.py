@@ -124,6 +124,9 @@ class CRD(Method):
     def between(cls, student: VGG, teacher: VGG, n_data: int, **kw) -> CRD:
         return cls(feature_shapes(student)[-1][0], feature_shapes(teacher)[-1][0], n_data, **kw)
 
+    @classmethod
+    def build(cls, student, teacher, n_data, labels) -> CRD: return cls.between(student, teacher, n_data, labels=labels)
+
     def _sync(self, *ts):
         "Under DDP every rank updates the banks with every rank's batch."
         if not (dist.is_available() and dist.is_initialized()): return ts

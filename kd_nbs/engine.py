@@ -35,6 +35,11 @@ class Method(nn.Module):
                 index: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @classmethod
+    def build(cls, student: nn.Module, teacher: nn.Module | None, n_data: int, labels: torch.Tensor) -> Method:
+        "The method with its defaults for this pair and training set (the GPU check builds every method so); the default: `cls()`."
+        return cls()
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         "Called before each epoch (0-based); the default does nothing."
 

@@ -4,63 +4,33 @@
 
 # %% ../nbs/94a_gpucheck.ipynb #f0ab6bdd
 from __future__ import annotations
-import argparse, dataclasses, fcntl, json, os, shutil, subprocess, sys, tempfile, time
+import dataclasses, fcntl, json, os, shutil, subprocess, sys, tempfile, time
+from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
-from .stages import STAGES, MODELS, Model, depends_on, teacher_name
-from .runs import PRESETS, resolve_device, gpu_memory_gb, stage_epochs
-from .schedule import gpu_slots, chains
+from .core import dataclass_parser
+from .registry import METHODS, REGISTRY
+from .runs import resolve_device, gpu_memory_gb
+from .schedule import gpu_slots
+from .projection import ROWS, DISTILLERS, best_rows, summarize_check, print_report
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
                            evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['ROWS', 'DISTILLERS', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'PROFILE_STEPS', 'EQUAL_RTOL', 'price_row', 'study_trainings',
-           'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step', 'measure_anchor', 'measure_share',
-           'sanity_run', 'compiled_vs_eager', 'run_jobs', 'best_rows', 'training_seconds', 'stage_seconds',
-           'project_study', 'project_shared', 'measure_sharing', 'critical_path', 'project_preset', 'summarize_check',
-           'print_report', 'gpu_check', 'main']
+__all__ = ['PROFILE_STEPS', 'EQUAL_RTOL', 'method_class', 'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step',
+           'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_specs', 'measure_sharing',
+           'CheckConfig', 'gpu_check', 'main']
 
 # %% ../nbs/94a_gpucheck.ipynb #f5a5df70
-def _ce(s, t, n): return CrossEntropy()
-def _lm(s, t, n):
-    from kd_nbs.lm import LogitMatching; return LogitMatching()
-def _hints(s, t, n):
-    from kd_nbs.hints import Hints; return Hints.between(s, t)
-def _crd(s, t, n):
-    from kd_nbs.crd import CRD; return CRD.between(s, t, n, labels=torch.arange(n) % NUM_CLASSES)
-def _dkd(s, t, n):
-    from kd_nbs.dkd import DKD; return DKD()
-
-# row: (student arch, teacher arch or None, method factory(student, teacher, n_data))
-ROWS: dict[str, tuple] = {
-    'teacher_vgg16': ('vgg16', None, _ce), 'teacher_vgg19': ('vgg19', None, _ce), 'si': ('vgg11', None, _ce),
-    'lm': ('vgg11', 'vgg16', _lm), 'lm_vgg19': ('vgg11', 'vgg19', _lm), 'hints': ('vgg11', 'vgg16', _hints),
-    'crd': ('vgg11', 'vgg16', _crd), 'dkd': ('vgg11', 'vgg16', _dkd)}
-DISTILLERS = [r for r, (_, teacher, _) in ROWS.items() if teacher == 'vgg16']   # one row per distillation method
-
-# test-set passes of the study stages (40 in all): KL 8 students and the teacher, colour 2 x 11 plus the jittered set
-STUDY_EVALS = {'kl': 9, 'color_study': 23, 'capacity_study': 4, 'gradcam': 4}
-STAGE_OVERHEAD_S = 10   # per stage (papermill run): worker and kernel start, imports, reading CIFAR-100 (see the README)
-
-# %% ../nbs/94a_gpucheck.ipynb #80bcbbda
-def price_row(m: Model) -> str:
-    """The row whose epoch time prices model `m`: a teacher's for the teachers and the colour fine-tune (a VGG-16
-    epoch); for a student its method's row with a teacher of that size (`lm_vgg19`), and SI's for a method no row
-    measures that needs no teacher (LS: label smoothing is one more elementwise op)."""
-    if m.role != 'student': return f'teacher_{m.arch}'
-    if m.teacher is None: return m.method if m.method in ROWS else 'si'
-    arch = MODELS[teacher_name(m.teacher)].arch
-    return m.method if arch == 'vgg16' else f'{m.method}_{arch}'
-
-# %% ../nbs/94a_gpucheck.ipynb #afff2599
-def study_trainings(preset: str = 'paper') -> list[tuple[str, int, str, str]]:
-    "One seed of the study at `preset`: (model label, epochs, the row that prices it, the stage that trains it), from the stage table."
-    epochs = PRESETS[preset]['epochs']
-    return [(m.label, epochs[m.role], price_row(m), s.name) for s in STAGES for m in s.models]
+def method_class(name: str | None) -> type:
+    "The `Method` class of registry row `name` (cross-entropy, SI's, for a teacher's row: `None`), imported from where the row says."
+    import importlib
+    module, _, attr = REGISTRY[name or 'si'].cls.partition(':')
+    return getattr(importlib.import_module(module), attr)
 
 # %% ../nbs/94a_gpucheck.ipynb #69c1e85d
 def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_dir: str | None = None,
@@ -84,10 +54,10 @@ def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_di
 # %% ../nbs/94a_gpucheck.ipynb #0d3af0e9
 def build_row(row: str, width: float, n_data: int) -> tuple[VGG, object, VGG | None]:
     "The student, its method and its teacher (random weights: speed does not depend on them) for a row."
-    arch, t_arch, make = ROWS[row]
+    arch, t_arch, method = ROWS[row]
     torch.manual_seed(0)
     student, teacher = VGG(arch, width=width), VGG(t_arch, width=width) if t_arch else None
-    return student, make(student, teacher, n_data), teacher
+    return student, method_class(method).build(student, teacher, n_data, torch.arange(n_data) % NUM_CLASSES), teacher
 
 # %% ../nbs/94a_gpucheck.ipynb #02a7a17f
 def _sync(device: str):
@@ -268,7 +238,7 @@ def compiled_vs_eager(row: str, mode: str, data: CIFAR100, device: str, width: f
 
 # %% ../nbs/94a_gpucheck.ipynb #c7616ef3
 def _worker(spec: dict) -> dict:
-    "Run one job of the check in this process (see `run_jobs`)."
+    "Run one job of the check in this process (see `run_specs`)."
     if spec.get('compile_threads'):
         import torch._inductor.config as ic; ic.compile_threads = spec['compile_threads']
     kind, dev = spec['kind'], spec['device']
@@ -283,7 +253,7 @@ def _worker(spec: dict) -> dict:
     if kind == 'equal': return compiled_vs_eager(spec['row'], spec['mode'], data, dev, spec['width'])
     raise ValueError(f'unknown job kind {kind!r}')
 
-def run_jobs(specs: list[dict], jobs: int, log=print, record: Path | None = None) -> list[dict]:
+def run_specs(specs: list[dict], jobs: int, log=print, record: Path | None = None) -> list[dict]:
     """Each spec in its own Python process (a crash or hang costs one row, not the check), `jobs` at a time;
     each result is appended to `record` (JSON lines) as soon as it is in."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -306,75 +276,6 @@ def run_jobs(specs: list[dict], jobs: int, log=print, record: Path | None = None
         return r
     with ThreadPoolExecutor(max(1, jobs)) as ex: return list(ex.map(one, specs))
 
-# %% ../nbs/94a_gpucheck.ipynb #8367beef
-def best_rows(rows: list[dict]) -> dict[str, dict]:
-    "The fastest measured mode of each row."
-    best = {}
-    for r in rows:
-        if 'epoch_s' in r and (r['row'] not in best or r['epoch_s'] < best[r['row']]['epoch_s']): best[r['row']] = r
-    return best
-
-# %% ../nbs/94a_gpucheck.ipynb #gc0ts01
-def training_seconds(best: dict[str, dict], preset: str = 'paper') -> dict[str, float]:
-    """Seconds of each training of the study at `preset` that a measured row prices: epochs × its epoch time, plus
-    what a training pays once: its first evaluation's extra (cuDNN's search) and its warm-up (compilation)."""
-    once = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0)) + r.get('warmup_s', 0.0)
-    return {what: epochs * best[row]['epoch_s'] + once(best[row]) for what, epochs, row, _ in study_trainings(preset) if row in best}
-
-# %% ../nbs/94a_gpucheck.ipynb #gc0ss01
-def stage_seconds(best: dict[str, dict], eval_s: float, preset: str = 'paper') -> tuple[dict[str, float], list[str]]:
-    "Seconds each stage of one seed takes alone on the device (trainings, test-set passes, start-up); the trainings no row prices."
-    t, priced = {s.name: STAGE_OVERHEAD_S + STUDY_EVALS.get(s.name, 0) * eval_s for s in STAGES}, training_seconds(best, preset)
-    study = study_trainings(preset)
-    for what, _, _, stage in study: t[stage] += priced.get(what, 0.0)
-    return t, [what for what, *_ in study if what not in priced]
-
-# %% ../nbs/94a_gpucheck.ipynb #gc0ps01
-def project_study(best: dict[str, dict], eval_s: float, seeds: int = 1, preset: str = 'paper') -> dict:
-    "Projected wall time of the study at `preset`, one stage at a time: the sum of its stages, per seed."
-    t, missing = stage_seconds(best, eval_s, preset)
-    return dict(seeds=seeds, minutes=round(seeds * sum(t.values()) / 60, 1), missing=missing,
-                per_stage_min={k: round(v / 60, 1) for k, v in training_seconds(best, preset).items()})
-
-# %% ../nbs/94a_gpucheck.ipynb #shar0001
-class _VirtualClock:
-    "An executor on a virtual clock for `run_jobs`: while `n` jobs run, each one's remaining seconds (alone) shrink at `speed(n)/n`."
-    def __init__(self, seconds: dict[str, float], speed): self.seconds, self.speed, self.left, self.now = seconds, speed, {}, 0.0
-    def slots(self, cap): return cap
-    def submit(self, job, gpu, sharing=1): self.left[job.key] = self.seconds[job.stage.name]; return job.key
-    def alone(self, handle): return False
-    def close(self): pass
-    def wait(self, handles, timeout):
-        rate = self.speed(len(self.left)) / len(self.left)
-        k = min(self.left, key=self.left.get)
-        dt = self.left.pop(k) / rate
-        self.now += dt
-        for j in self.left: self.left[j] -= dt * rate
-        return [(k, None)]
-
-def _interpolate(speedups: dict[int, float]):
-    "speed(n) from the measured aggregate speed-ups: linear between measured `n`, flat beyond them."
-    pts = sorted({1: 1.0, **speedups}.items())
-    def speed(n):
-        lo = max((p for p in pts if p[0] <= n), default=pts[0]); hi = min((p for p in pts if p[0] >= n), default=pts[-1])
-        return lo[1] if hi[0] == lo[0] else lo[1] + (hi[1] - lo[1]) * (n - lo[0]) / (hi[0] - lo[0])
-    return speed
-
-def project_shared(seconds: dict[str, float],     # each stage's seconds alone on the device (`stage_seconds`)
-                   seeds: int,                    # seeds of the study, independent of each other
-                   k: int,                        # stages at once on the device (`--per-gpu k`)
-                   speedups: dict[int, float],    # measured aggregate speed-up of n processes sharing the device
-                   ) -> float:
-    """Wall seconds of the study on `k` slots of one device, scheduled by the suite's `run_jobs` on a virtual clock,
-    by its rule: of the ready stages, the longest remaining chain (in seconds) first."""
-    from types import SimpleNamespace
-    from kd_nbs.schedule import Job, capacity, run_jobs as schedule
-    clock = _VirtualClock(seconds, _interpolate(speedups))
-    quiet = SimpleNamespace(running={}, event=lambda msg: None)
-    schedule([Job(seed, s, {}) for seed in range(seeds) for s in STAGES], clock, capacity(None, k), lambda j: False, quiet,
-             cost=lambda j: seconds[j.stage.name])
-    return clock.now
-
 # %% ../nbs/94a_gpucheck.ipynb #c1d2e3f1
 def measure_sharing(base: dict,              # the job fields every measurement shares (device, width, data sizes)
                     share: list[int],        # numbers of trainings sharing the device
@@ -387,107 +288,42 @@ def measure_sharing(base: dict,              # the job fields every measurement 
     for k in share:
         barrier = work/f'barrier{k}'; barrier.mkdir(exist_ok=True)
         for f in barrier.glob('*'): f.unlink()
-        rs = run_jobs([dict(base, kind='share', mode=mode, seconds=seconds, barrier=str(barrier), k=k, rank=i,
+        rs = run_specs([dict(base, kind='share', mode=mode, seconds=seconds, barrier=str(barrier), k=k, rank=i,
                             compile_threads=max(1, (os.cpu_count() or 2) // k)) for i in range(k)], k, log, record)
         shares[k] = dict(img_s=sum(r.get('img_s', 0) for r in rs), errors=[r['error'] for r in rs if 'error' in r])
     return shares
 
-# %% ../nbs/94a_gpucheck.ipynb #c1d2e3f2
-def critical_path(seconds: dict[str, float]) -> dict:
-    "The longest chain of one seed's stages when each takes `seconds[stage]` alone: its minutes and its stages."
-    length, path = max(chains({s.name: depends_on(s) for s in STAGES}, seconds).values())
-    return dict(minutes=round(length / 60, 1), stages=list(path))
-
-def project_preset(best: dict[str, dict],         # the fastest mode of each row (`best_rows`)
-                   speedups: dict[int, float],    # measured aggregate speed-up of n processes sharing the device
-                   preset: str = 'paper',         # whose epochs
-                   per_gpu: int = 1,              # stages the suite runs at once on this GPU by default (`gpu_slots`)
-                   ) -> dict:
-    """The projected study at `preset`: one seed and three, one stage at a time, with the suite's default `per_gpu`
-    stages sharing the GPU, and with the number that finishes first, each scheduled over the stage graph."""
-    eval_s = best.get('si', {}).get('eval_s', 0.0)
-    projection = {'1 seed, one stage at a time': project_study(best, eval_s, 1, preset),
-                  '3 seeds, one stage at a time': project_study(best, eval_s, 3, preset)}
-    seconds, missing = stage_seconds(best, eval_s, preset)
-    shared = {k: project_shared(seconds, 3, k, speedups) for k in speedups if k > 1}
-    ks = ([min(shared, key=shared.get)] if shared else []) + ([per_gpu] if per_gpu > 1 and len(speedups) > 1 else [])
-    for k in dict.fromkeys(ks):                   # the number of stages at once that finishes first; the default
-        label = f'{k} stages sharing the GPU' + (' (the default here)' if k == per_gpu else '')
-        for seeds in (1, 3):
-            minutes = round(project_shared(seconds, seeds, k, speedups) / 60, 1)
-            projection[f'{seeds} seed{"s" if seeds > 1 else ""}, {label}'] = dict(seeds=seeds, minutes=minutes, missing=missing)
-    projection['critical path, one stage alone at a time'] = dict(**critical_path(seconds), missing=missing)
-    return projection
-
-def summarize_check(measured: list[dict],       # the rows' figures (`measure_row`)
-                    anchors: list[dict],        # the anchors' loop (`measure_anchor`)
-                    shares: dict[int, dict],    # images/s of n trainings sharing the device (`measure_sharing`)
-                    per_gpu: int = 1,           # stages the suite runs at once on this GPU by default (`gpu_slots`)
-                    presets: tuple[str, ...] = ('paper', 'gpu-short'),   # the studies to project
-                    ) -> dict:
-    "The fastest mode of each row, the speed-up over the anchors' loop, the sharing speed-ups and each preset's projected study."
-    best = best_rows(measured)
-    one = shares.get(1, {}).get('img_s') or 0
-    speedups = {k: round(v['img_s'] / one, 2) for k, v in shares.items() if one and v['img_s']}
-    vs_anchor = {a['row']: round(a['step_ms'] / best[a['row']]['step_ms'], 2) for a in anchors
-                 if a.get('row') in best and 'step_ms' in a}
-    return dict(best={k: v['mode'] for k, v in best.items()}, share_speedup=speedups, speedup_vs_anchor=vs_anchor,
-                projection={p: project_preset(best, speedups, p, per_gpu) for p in presets})
-
-# %% ../nbs/94a_gpucheck.ipynb #c1d2e3f4
-def print_report(report: dict, log=print) -> None:
-    "The check's table (every row and the anchors), then sharing, the sanity run, compiled against eager and the projections."
-    import pandas as pd
-    cols = ('row', 'mode', 'compiled', 'step_ms', 'img_s', 'eval_first_s', 'eval_s', 'epoch_s', 'peak_mem_gb', 'warmup_s', 'error')
-    log('\n' + pd.DataFrame([{k: r.get(k) for k in cols} for r in report['rows'] + report['anchors']]).to_string(index=False))
-    log(f"\nour pipeline vs the anchors' loop (step time ratio): {report['speedup_vs_anchor']}")
-    log(f"{len(report['share'])} processes sharing the device ({report['share_mode']}): "
-        + ', '.join(f'{k}: {v["img_s"]} img/s' for k, v in report['share'].items()))
-    s = report['sanity']
-    log(f"bf16 sanity run: loss {s.get('train_loss')}, fell {s.get('loss_fell')}, finite {s.get('finite')}, "
-        f"checkpoint loads on the CPU {s.get('cpu_load')}, same predictions {s.get('same_predictions')} {s.get('error', '')}")
-    m = report['compiled_vs_eager']
-    log(f"compiled ({report['equal_mode']}) against eager, 2 fp32 steps, largest relative loss difference: "
-        + ', '.join(f"{r.get('row')} {r.get('max_rel_diff', r.get('error'))}" for r in m)
-        + f"; all within {EQUAL_RTOL}: {all(r.get('equal') for r in m)}")
-    if p := report.get('profile'):
-        log(f"where an LM step's time goes ({p.get('mode')}, under the profiler): {p.get('wall_ms')} ms a step, the device's "
-            f"kernels {p.get('device_ms')} ms; the host's costliest: "
-            + '; '.join(f"{o['op']} {o['us']} µs ({o['calls']}x)" for o in p.get('host_top', [])[:6]) + f" {p.get('error', '')}")
-    for preset, projection in report['projection'].items():
-        for k, v in projection.items():
-            log(f'projected {preset} study, {k}: {v["minutes"]} min' + (f' ({" → ".join(v["stages"])})' if 'stages' in v else '')
-                + (f' (missing {v["missing"]})' if v['missing'] else ''))
-    log(f'check took {report["wall_s"]} s')
-
 # %% ../nbs/94a_gpucheck.ipynb #4e5aa22b
-def gpu_check(out: str,                          # folder for gpu_check.json
-              device: str | None = None,         # None: CUDA when available, else the CPU
-              width: float = 1.0,                # channel multiplier (1: the paper's VGGs; the CPU test uses less)
-              steps: int = 200,                  # timed training steps per row
-              warmup: int = 10,                  # untimed steps first (compilation, CUDA-graph recording)
-              modes: list[str] | None = None,    # compile modes to time (None: all three on CUDA, 'off' on a CPU)
-              rows: list[str] | None = None,     # models to time (None: both teachers and the five students)
-              share: list[int] = (1, 2, 4, 6, 8),   # numbers of student trainings sharing the device (the suite's default: `gpu_slots`)
-              share_seconds: float = 10.0,       # how long each sharing measurement runs
-              anchor_workers: int = 8,           # DataLoader workers of the anchors' loop
-              jobs: int | None = None,           # measuring processes at once (None: 4 on CUDA, 1 on a CPU)
-              n_train: int = 50_000,             # training images (random CIFAR-shaped unless $KD_NBS_DATA)
-              n_test: int = 10_000,              # test images, likewise
-              equal: list[str] | None = None,    # rows to train compiled against eager (None: the distillation students)
-              log=print) -> dict:                # where progress lines go
-    "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `out`."
-    device = resolve_device(device)
+@dataclass
+class CheckConfig:
+    "What `make gpu-check` measures: each field is a command-line option (`--steps`, `--share`, ...)."
+    out: str = 'gpu-check'                  # folder for gpu_check.json
+    device: str | None = None               # cuda[:k] or cpu (None: CUDA when available, else the CPU)
+    width: float = 1.0                      # channel multiplier (1: the paper's VGGs; the CPU test uses less)
+    steps: int = 200                        # timed training steps per row, after the warm-up
+    warmup: int = 10                        # untimed steps first (compilation, CUDA-graph recording)
+    modes: list[str] | None = field(default=None, metadata=dict(choices=COMPILE_MODES))   # compile modes to time (None: all on CUDA, off on a CPU)
+    rows: list[str] | None = field(default=None, metadata=dict(choices=list(ROWS)))      # rows to time (None: every row)
+    share: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 8])   # numbers of SI trainings sharing the device
+    share_seconds: float = 10.0             # how long each sharing measurement counts images
+    anchor_workers: int = 8                 # DataLoader workers of the anchors' loop
+    jobs: int | None = None                 # rows prepared (compiled) at once; timing is one at a time (None: 4 on CUDA, 1 on a CPU)
+    n_train: int = 50_000                   # training images (random CIFAR-shaped unless $KD_NBS_DATA)
+    n_test: int = 10_000                    # test images, likewise
+    equal: list[str] | None = field(default=None, metadata=dict(choices=list(ROWS), nargs='*'))   # rows trained compiled against eager (None: the distillers)
+
+def gpu_check(cfg: CheckConfig, log=print) -> dict:
+    "Measure everything the GPU check reports; print the table and write `gpu_check.json` into `cfg.out`."
+    if cfg.steps < 1 or cfg.warmup < 1: raise ValueError('--steps and --warmup must be positive')
+    device = resolve_device(cfg.device)
     cuda = device.startswith('cuda')
-    modes = modes or (list(COMPILE_MODES) if cuda else ['off'])
-    if bad := [m for m in modes if m not in COMPILE_MODES]: raise ValueError(f'modes {bad}: choose from {COMPILE_MODES}')
-    rows = rows or list(ROWS)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    modes, rows, width, steps, warmup = cfg.modes or (list(COMPILE_MODES) if cuda else ['off']), cfg.rows or list(ROWS), cfg.width, cfg.steps, cfg.warmup
+    out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
     work, record = Path(tempfile.mkdtemp(prefix='kd_nbs_gpucheck_')), out/'gpu_check_jobs.jsonl'   # lock, barriers, checkpoints (removed at the end)
     try:
         record.unlink(missing_ok=True)
-        jobs = jobs or (4 if cuda else 1)
-        base = dict(device=device, width=width, n_train=n_train, n_test=n_test, lock=str(work/'timing.lock'),
+        jobs = cfg.jobs or (4 if cuda else 1)
+        base = dict(device=device, width=width, n_train=cfg.n_train, n_test=cfg.n_test, lock=str(work/'timing.lock'),
                     compile_threads=max(1, (os.cpu_count() or 2) // jobs))
         env = dict(device=device, gpu=torch.cuda.get_device_name() if cuda else None, torch=torch.__version__,
                    gpu_gb=round(gpu_memory_gb(), 1) if cuda else None,
@@ -496,22 +332,22 @@ def gpu_check(out: str,                          # folder for gpu_check.json
         t_start = time.time()
         order = sorted(modes, key=lambda m: {'default': 0, 'reduce-overhead': 1, 'off': 2}[m])   # compiles first, eager last
         specs = [dict(base, kind='row', row=r, mode=m, steps=steps, warmup=warmup) for m in order for r in rows]
-        specs += [dict(base, kind='anchor', row=r, steps=max(20, steps // 2), warmup=5, workers=anchor_workers)
+        specs += [dict(base, kind='anchor', row=r, steps=max(20, steps // 2), warmup=5, workers=cfg.anchor_workers)
                   for r in ('si', 'lm') if r in rows]
-        results = run_jobs(specs, jobs, log, record)
+        results = run_specs(specs, jobs, log, record)
         measured = [r for r in results if r.get('mode') != 'anchor']
         anchors = [r for r in results if r.get('mode') == 'anchor']
         best = best_rows(measured)                                    # the fastest mode of each row
         share_mode = best['si']['mode'] if 'si' in best else 'off'     # the fastest way to train SI
-        shares = measure_sharing(base, share, share_mode, share_seconds, work, log, record)
-        prof = run_jobs([dict(base, kind='profile', row='lm', mode=best['lm']['mode'], warmup=warmup)],
+        shares = measure_sharing(base, cfg.share, share_mode, cfg.share_seconds, work, log, record)
+        prof = run_specs([dict(base, kind='profile', row='lm', mode=best['lm']['mode'], warmup=warmup)],
                         1, log, record)[0] if 'lm' in best else {}
-        sanity = run_jobs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
+        sanity = run_specs([dict(base, kind='sanity', mode=share_mode, out=str(work/'sanity'), n_train=2048, n_test=512)], 1, log, record)[0]
         equal_mode = 'reduce-overhead' if cuda else 'default'     # what runs use on CUDA; the CPU's compiled mode
-        matches = run_jobs([dict(base, kind='equal', row=r, mode=equal_mode)
-                            for r in (equal if equal is not None else DISTILLERS)], jobs, log, record)
+        matches = run_specs([dict(base, kind='equal', row=r, mode=equal_mode)
+                            for r in (cfg.equal if cfg.equal is not None else DISTILLERS)], jobs, log, record)
         report = dict(env=env, rows=measured, anchors=anchors, share=shares, share_mode=share_mode, sanity=sanity, profile=prof,
-                      compiled_vs_eager=matches, equal_mode=equal_mode,
+                      compiled_vs_eager=matches, equal_mode=equal_mode, equal_rtol=EQUAL_RTOL,
                       **summarize_check(measured, anchors, shares, gpu_slots(env['gpu_gb'])),
                       wall_s=round(time.time() - t_start, 1))
         (out/'gpu_check.json').write_text(json.dumps(report, indent=1))
@@ -522,30 +358,13 @@ def gpu_check(out: str,                          # folder for gpu_check.json
 
 # %% ../nbs/94a_gpucheck.ipynb #e7c103d0
 def main(argv: list[str] | None = None, prog: str = 'python -m kd_nbs.gpucheck') -> int:
-    p = argparse.ArgumentParser(prog=prog, description='Per-epoch times, memory, sharing and a '
-                                'bf16 sanity run on this GPU; projects the paper study. Needs torch, numpy, pandas, tqdm.')
-    p.add_argument('out', nargs='?', default='gpu-check', help='folder for gpu_check.json')
-    p.add_argument('--job', help=argparse.SUPPRESS)
-    p.add_argument('--device', default=None)
-    p.add_argument('--width', type=float, default=1.0)
-    p.add_argument('--steps', type=int, default=200, help='timed steps per row (after warm-up)')
-    p.add_argument('--warmup', type=int, default=10)
-    p.add_argument('--modes', nargs='+', default=None, help=f'compile modes to measure, from {COMPILE_MODES}')
-    p.add_argument('--rows', nargs='+', default=None, choices=list(ROWS))
-    p.add_argument('--share', type=int, nargs='+', default=[1, 2, 4, 6, 8], help='numbers of processes sharing the device')
-    p.add_argument('--share-seconds', type=float, default=10.0)
-    p.add_argument('--anchor-workers', type=int, default=8)
-    p.add_argument('--jobs', type=int, default=None, help='rows prepared (compiled) at once; timing is one at a time')
-    p.add_argument('--n-train', type=int, default=50_000)
-    p.add_argument('--n-test', type=int, default=10_000)
-    p.add_argument('--equal', nargs='*', default=None, choices=list(ROWS), help='rows to train compiled against eager (default: the distillation students)')
-    a = p.parse_args(argv)
-    if a.job:
-        print(json.dumps(_worker(json.loads(a.job))), flush=True); return 0
-    if a.steps < 1 or a.warmup < 1: print('kd-nbs gpu-check: --steps and --warmup must be positive', file=sys.stderr); return 2
-    try:
-        gpu_check(a.out, a.device, a.width, a.steps, a.warmup, a.modes, a.rows, a.share, a.share_seconds, a.anchor_workers,
-                  a.jobs, a.n_train, a.n_test, a.equal)
+    "The command line, derived from `CheckConfig`; `--job SPEC` runs one measuring job (what `run_specs` starts)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['--job']:
+        print(json.dumps(_worker(json.loads(argv[1]))), flush=True); return 0
+    p = dataclass_parser(CheckConfig, prog, 'Per-epoch times, memory, sharing and a bf16 sanity run on this GPU; projects '
+                         'the paper and gpu-short studies. Needs torch, numpy, pandas, tqdm.')
+    try: gpu_check(CheckConfig(**vars(p.parse_args(argv))))
     except ValueError as e:
         print(f'kd-nbs gpu-check: {e}', file=sys.stderr); return 2
     return 0

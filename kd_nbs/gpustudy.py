@@ -171,7 +171,7 @@ def projected(preset: str, per_gpu: int | None, log=print) -> float | None:
     dated = lambda p: re.search(r'_(\d{4}-\d\d-\d\d)\.json$', p.name)      # gpu_check_<gpu>_<date>.json, a check's full run
     files = sorted((p for p in (ROOT/'benchmarks').glob('gpu_check_*.json') if dated(p)), key=lambda p: dated(p).group(1))
     if not files: return None
-    from kd_nbs.gpucheck import best_rows, project_preset
+    from kd_nbs.projection import best_rows, project_preset
     from kd_nbs.schedule import MAX_PER_GPU
     report = json.loads(files[-1].read_text())
     speedups = {int(k): v for k, v in report.get('share_speedup', {}).items()}
@@ -199,8 +199,8 @@ def gpu_study(cfg: StudyConfig, log=print) -> Path:
                              reports_dir=reports_dir())
     except SuiteError as e: failed, run_dir = e, reports_dir().resolve()/name
     if cfg.gpu_check:
-        from kd_nbs.gpucheck import gpu_check
-        try: gpu_check(str(run_dir/'gpu_check'), log=log)
+        from kd_nbs.gpucheck import gpu_check, CheckConfig
+        try: gpu_check(CheckConfig(str(run_dir/'gpu_check')), log=log)
         except Exception as e: log(f'the GPU check failed: {type(e).__name__}: {e}')
     archive = pack_run(run_dir, Path(cfg.out), log)
     took = (time.time() - t0) / 60

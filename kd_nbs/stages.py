@@ -5,6 +5,7 @@
 # %% ../nbs/00f_stages.ipynb #62271c6c
 from __future__ import annotations
 from dataclasses import dataclass, field
+from .registry import METHODS, REGISTRY
 
 # %% auto #0
 __all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'REPORT_TITLES', 'Model', 'Stage',
@@ -50,11 +51,7 @@ class Stage:
 
 # %% ../nbs/00f_stages.ipynb #8cbcaf91
 T16, T19, TCI = 'teacher_vgg16_cifar100', 'teacher_vgg19_cifar100', 'teacher_color_invariant'
-STUDENT_METHODS = ('si', 'lm', 'hints', 'crd', 'ls', 'dkd')
-_LABELS = {'si': 'SI', 'lm': 'LM', 'hints': 'Hints', 'crd': 'CRD', 'ls': 'LS', 'dkd': 'DKD'}
-_TITLES = {'si': 'SI: the independent student', 'lm': 'LM: logit matching (Hinton KD)', 'hints': 'Hints (FitNets)',
-           'crd': 'CRD: contrastive representation distillation', 'ls': 'LS: label smoothing', 'dkd': 'DKD: decoupled KD'}
-_NO_TEACHER = ('si', 'ls')
+STUDENT_METHODS = tuple(REGISTRY)          # one student stage per method of the registry (`00e_registry`)
 _ALL_STUDENTS = tuple(f'student_{m}' for m in STUDENT_METHODS) + ('student_lm_from_vgg19', 'student_crd_color_invariant')
 
 STAGES: tuple[Stage, ...] = (
@@ -71,9 +68,8 @@ STAGES: tuple[Stage, ...] = (
     Stage('capacity_train', '10_capacity.ipynb', 'Teacher capacity: the LM student of the VGG-19 teacher',
           (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), reads=(T19,), params={'part': 'train'},
           group='capacity'),
-    *(Stage(m, f'0{i}_{m}.ipynb', _TITLES[m],
-            (Model(f'student_{m}', _LABELS[m], m, None if m in _NO_TEACHER else 'vgg16'),),
-            reads=() if m in _NO_TEACHER else (T16,)) for i, m in enumerate(STUDENT_METHODS, 2)),
+    *(Stage(m.name, m.notebook, m.title, (Model(f'student_{m.name}', m.label, m.name, 'vgg16' if m.needs_teacher else None),),
+            reads=(T16,) if m.needs_teacher else ()) for m in METHODS),
     Stage('capacity_study', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16', (), ('capacity.csv',),
           (T16, T19, 'student_lm', 'student_lm_from_vgg19'), params={'part': 'study'}, group='capacity'),
     Stage('color_study', '09_color.ipynb', 'Colour invariance: what colour jitter costs each model', (), ('color.csv',),
@@ -122,7 +118,7 @@ def teacher_name(teacher: str) -> str:
 # %% ../nbs/00f_stages.ipynb #stg0su01
 def student_name(method: str, teacher: str | None = 'vgg16') -> str:
     "`student_lm`; `student_lm_from_vgg19`; `student_crd_color_invariant` (a combination no stage trains gets the same pattern)."
-    teacher = None if method in _NO_TEACHER else teacher
+    teacher = teacher if method not in REGISTRY or REGISTRY[method].needs_teacher else None
     for m in MODELS.values():
         if m.method == method and m.teacher == teacher: return m.name
     if teacher in (None, 'vgg16'): return f'student_{method}'
@@ -134,8 +130,8 @@ def display_name(name: str) -> str:
     if name in MODELS: return MODELS[name].label
     base = name.removeprefix('student_')
     for suffix, text in (('_color_invariant', ' (colour-inv. teacher)'), ('_from_vgg19', ' (from VGG-19)')):
-        if base.endswith(suffix): return _LABELS.get(base.removesuffix(suffix), base.upper()) + text
-    return _LABELS.get(base, base)
+        if base.endswith(suffix): return (REGISTRY[b].label if (b := base.removesuffix(suffix)) in REGISTRY else base.upper()) + text
+    return REGISTRY[base].label if base in REGISTRY else base
 
 # %% ../nbs/00f_stages.ipynb #stg0tc01
 def teacher_command(teacher: str) -> str:

@@ -21,8 +21,9 @@ def imports(path: Path) -> set[str]:
             if mod.startswith('kd_nbs.'): found.add(mod.split('.')[1])
         elif isinstance(node, ast.Import):
             found |= {a.name.split('.')[1] for a in node.names if a.name.startswith('kd_nbs.')}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r'kd_nbs\.\w+(:\w+)?', node.value):
-            found.add(node.value.split('.')[1].split(':')[0])     # a module named in a string, imported when used
+        elif (isinstance(node, ast.Call) and getattr(node.func, 'attr', getattr(node.func, 'id', None)) == 'import_module'
+              and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith('kd_nbs.')):
+            found.add(node.args[0].value.split('.')[1])             # importlib.import_module('kd_nbs.x')
     return found - {path.stem}
 
 
