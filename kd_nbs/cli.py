@@ -15,31 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='kd-nbs', description='Knowledge distillation study on CIFAR-100, as notebooks.')
     sub = p.add_subparsers(dest='command', required=True)
     r = sub.add_parser('run', help='run every notebook with papermill into reports/<name>/, then the summary and website')
-    r.add_argument('--name', default=None, help='run folder under reports/ (default: the preset)')
-    r.add_argument('--preset', default='quick', choices=['smoke', 'quick', 'gpu-short', 'paper', 'auto'],
-                   help='quick: 1/4 width for CPUs; gpu-short: full width, 20 epochs, one seed in minutes on one GPU; paper: 200 epochs')
-    r.add_argument('--seeds', type=int, nargs='+', default=[0])
-    r.add_argument('--epochs', type=int, default=None, help='epochs for every training notebook')
-    r.add_argument('--data-dir', default=None, help='folder containing cifar-100-python/ (default: $KD_NBS_DATA or cache)')
-    r.add_argument('--device', default=None)
-    r.add_argument('--set', dest='overrides', action='append', default=[], metavar='[STAGE.]KEY=VALUE',
-                   help='a notebook parameter, for one stage (lm.alpha=0.9) or all (epochs=3)')
-    r.add_argument('--only', nargs='+', default=None, help='run only these stages')
-    r.add_argument('--reports', default=None, help='reports folder (default: <project>/reports)')
-    r.add_argument('--no-site', action='store_true', help='skip the website')
-    r.add_argument('--nbs', default=None, help='folder of the notebooks (default: <project>/nbs)')
-    r.add_argument('--rerun-changed', action='store_true',
-                   help='finished stages whose parameters changed: move their outputs to seed<k>/archive/ and rerun them')
-    r.add_argument('--gpus', default=None, metavar='0,1,...|all',
-                   help='spread stages over these GPUs, each stage pinned to one with CUDA_VISIBLE_DEVICES')
-    r.add_argument('--per-gpu', type=int, default=None, metavar='K',
-                   help='stages at once on each GPU (without --gpus: stages at once on this machine; default: as many as the '
-                        'GPU memory holds at 4 GB a stage, up to 4, and 2 on a CPU run with 2 or more cores)')
-    r.add_argument('--executor', default='local', choices=['local', 'ray'],
-                   help="where stages run: this machine, or Ray tasks (pip install -e '.[ray]')")
-    r.add_argument('--address', default=None, help='the Ray cluster to join (default: start a local Ray)')
-    r.add_argument('--sweep', dest='sweeps', action='append', default=[], metavar='STAGE.PARAM=V1,V2,...',
-                   help='run every value (the cross product within a stage) of a student stage: dkd.beta=1,2,4,8')
+    from kd_nbs.suite import SuiteConfig             # the options of `run` are its fields
+    add_options(r, SuiteConfig, positional=False)
     s = sub.add_parser('site', help='(re)build the website of a finished run folder')
     s.add_argument('run_dir')
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
@@ -53,18 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     # its options are the GPU check's own (`python -m kd_nbs.gpucheck`, which GPU machines without this CLI run)
     sub.add_parser('gpu-check', add_help=False, help='per-epoch times, memory, sharing and a bf16 sanity run on this GPU, '
                    'and the projected paper study (kd-nbs gpu-check --help)')
+    sub.add_parser('gpu-study', add_help=False, help='the whole study at full width on this GPU, packed without checkpoints '
+                   '(kd-nbs gpu-study --help)')
     return p
-
-def _gpus(spec: str | None) -> list[str] | None:
-    "`0,1` → ['0', '1']; `all` → every CUDA device torch sees; None → None."
-    if spec is None: return None
-    if spec == 'all':
-        import torch
-        if not torch.cuda.is_available(): raise ValueError('--gpus all: no CUDA GPU is available here')
-        return [str(i) for i in range(torch.cuda.device_count())]
-    gpus = [g.strip() for g in spec.split(',') if g.strip()]
-    if not gpus or not all(g.isdigit() for g in gpus): raise ValueError(f'--gpus {spec!r}: expected GPU numbers like 0,1 or all')
-    return gpus
 
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
@@ -72,17 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == 'gpu-check':
         from kd_nbs.gpucheck import main as gpu_check
         return gpu_check(rest, prog='kd-nbs gpu-check')
+    if args.command == 'gpu-study':
+        from kd_nbs.gpustudy import main as gpu_study
+        return gpu_study(rest, prog='kd-nbs gpu-study')
     if rest: p.error(f'unrecognized arguments: {" ".join(rest)}')
     from kd_nbs.suite import SuiteError
     try:
         if args.command == 'run':
-            from kd_nbs.suite import run_suite, parse_overrides
-            from kd_nbs.sweeps import parse_sweeps
-            if args.epochs is not None and args.epochs < 1: raise SuiteError(f'--epochs {args.epochs}: must be positive')
-            run_suite(args.name or args.preset, args.preset, args.seeds, args.epochs, args.data_dir, args.device,
-                      parse_overrides(args.overrides), args.reports, args.nbs, only=args.only, site=not args.no_site,
-                      rerun_changed=args.rerun_changed, gpus=_gpus(args.gpus), per_gpu=args.per_gpu,
-                      executor=args.executor, address=args.address, sweeps=parse_sweeps(args.sweeps))
+            from kd_nbs.suite import run_suite, SuiteConfig
+            run_suite(SuiteConfig(**{k: v for k, v in vars(args).items() if k != 'command'}))
         elif args.command == 'site':
             from kd_nbs.site import build_site
             print(build_site(Path(args.run_dir)))
@@ -97,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'kd-nbs: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''), file=sys.stderr)
         return 1
     return 0
+from .core import add_options
 
 # %% ../nbs/99_cli.ipynb #92dbd49f
 #| eval: false

@@ -8,7 +8,7 @@ import argparse, dataclasses, os, re
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['replace_atomically', 'write_text_atomic', 'read_threads', 'duration', 'dataclass_parser']
+__all__ = ['replace_atomically', 'write_text_atomic', 'read_threads', 'duration', 'add_options', 'dataclass_parser']
 
 # %% ../nbs/00_core.ipynb #sch0ra01
 def replace_atomically(path: str | os.PathLike, write) -> Path:
@@ -48,19 +48,22 @@ def _option(annotation: str, default) -> dict:
     if default is False or t == 'bool': return dict(action='store_true')
     return next((dict(type=typ) for name, typ in _TYPES.items() if re.search(rf'\b{name}\b', t)), {})
 
-def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
-    """A command line from a dataclass: the first field positional, the others `--options` typed from their annotations,
-    each help its field's comment; a field's `metadata` adds argparse keywords (`choices`, `nargs`)."""
+def add_options(p: argparse.ArgumentParser, cls, positional: bool = True) -> argparse.ArgumentParser:
+    """`cls`'s fields as options of `p`, typed from their annotations, each help its field's comment (docments); the
+    first field positional when `positional`; a field's `metadata` adds argparse keywords (`choices`, `nargs`, `action`)."""
     import inspect
     try: src = inspect.getsource(cls)
     except OSError: src = ''                 # a class defined in a notebook cell has no file: no help texts
     helps = dict(re.findall(r'^\s+(\w+):[^#\n]*#\s*(.*)$', src, re.M))
-    p = argparse.ArgumentParser(prog=prog, description=description)
     for i, f in enumerate(dataclasses.fields(cls)):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kw = dict(help=helps.get(f.name, '') + (f' (default: {default})' if default not in (None, False, '') else ''),
+        kw = dict(help=helps.get(f.name, '') + (f' (default: {default})' if default not in (None, False, '', []) else ''),
                   default=default)
         kw.update(_option(f.type, default)); kw.update(f.metadata)          # the field's own keywords win
-        if i == 0: p.add_argument(f.name, nargs='?', **{k: v for k, v in kw.items() if k != 'nargs'})
+        if i == 0 and positional: p.add_argument(f.name, nargs='?', **{k: v for k, v in kw.items() if k != 'nargs'})
         else: p.add_argument('--' + f.name.replace('_', '-'), **kw)
     return p
+
+def dataclass_parser(cls, prog: str, description: str) -> argparse.ArgumentParser:
+    "A command line from a dataclass (`add_options`): its first field positional, the others `--options`."
+    return add_options(argparse.ArgumentParser(prog=prog, description=description), cls)

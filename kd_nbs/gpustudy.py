@@ -191,12 +191,12 @@ def gpu_study(cfg: StudyConfig, log=print) -> Path:
         install_bundle(bundle, Path(tempfile.gettempdir())/'kd-nbs-site', log)
     os.environ['PYTHONPATH'] = os.pathsep.join(dict.fromkeys([str(ROOT), *filter(None, os.environ.get('PYTHONPATH', '').split(os.pathsep))]))
     data = study_data(log=log)
-    from kd_nbs.suite import run_suite, SuiteError
+    from kd_nbs.suite import run_suite, SuiteConfig, SuiteError
     from kd_nbs.runs import reports_dir
     projected(cfg.preset, cfg.per_gpu, log)
     name, failed = cfg.name or cfg.preset, None
-    try: run_dir = run_suite(name, cfg.preset, seeds=tuple(cfg.seeds), data_dir=data, site=False, per_gpu=cfg.per_gpu,
-                             reports_dir=reports_dir())
+    try: run_dir = run_suite(SuiteConfig(name, cfg.preset, list(cfg.seeds), data_dir=data, no_site=True, per_gpu=cfg.per_gpu,
+                                         reports=str(reports_dir())))
     except SuiteError as e: failed, run_dir = e, reports_dir().resolve()/name
     if cfg.gpu_check:
         from kd_nbs.gpucheck import gpu_check, CheckConfig
@@ -210,7 +210,7 @@ def gpu_study(cfg: StudyConfig, log=print) -> Path:
     return archive
 
 # %% ../nbs/95_gpustudy.ipynb #00c38796
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = 'make gpu-study') -> int:
     "`python -m kd_nbs.gpustudy [run] OUT [--preset ...]` or `python -m kd_nbs.gpustudy bundle [--python 3.12]`."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['bundle']:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument('--python', default='3.12', help="the machine's Python, major.minor")
         build_bundle(p.parse_args(argv[1:]).python); return 0
     if argv[:1] == ['run']: argv = argv[1:]
-    cfg = StudyConfig(**vars(dataclass_parser(StudyConfig, 'make gpu-study', 'The whole study at a full-width preset on this '
+    cfg = StudyConfig(**vars(dataclass_parser(StudyConfig, prog, 'The whole study at a full-width preset on this '
                                      'GPU, packed without checkpoints.').parse_args(argv)))
     try: gpu_study(cfg)
     except Exception as e:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/92_suite.ipynb #4871b354
 from __future__ import annotations
-import difflib, fcntl, json, os, shutil, time
+import ast, dataclasses, difflib, fcntl, json, math, os, shutil, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +17,14 @@ from .core import write_text_atomic
 from .checkpoints import params_diff, run_files
 from .schedule import Executor, Job, Progress, capacity, chains, graph, gpu_slots, run_jobs, SuiteError
 from .executors import InlineExecutor, LocalExecutor, import_papermill, _stamp
-from .sweeps import sweep_jobs
+from .sweeps import sweep_jobs, parse_sweeps
 from .summary import write_summary
 
 # %% auto #0
 __all__ = ['SHARED', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done', 'changed_params',
-           'archive_stage', 'run_lock', 'check_overrides', 'check_values', 'select_stages', 'stage_waits', 'plan',
-           'refuse_or_archive', 'check_inputs', 'failure_report', 'make_executor', 'execute', 'finish', 'default_slots',
-           'cpu_paper_warning', 'run_suite']
+           'archive_stage', 'run_lock', 'check_value', 'check_overrides', 'check_values', 'select_stages',
+           'stage_waits', 'plan', 'refuse_or_archive', 'check_inputs', 'failure_report', 'make_executor', 'execute',
+           'finish', 'default_slots', 'cpu_paper_warning', 'SuiteConfig', 'visible_gpus', 'parse_gpus', 'run_suite']
 
 # %% ../nbs/92_suite.ipynb #f798eafd
 SHARED = ('preset', 'epochs', 'seed', 'data_dir', 'device')   # what every notebook gets (those that declare it)
@@ -63,9 +63,13 @@ def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, acc
     return p
 
 # %% ../nbs/92_suite.ipynb #699d6a72
-def notebook_parameters(path: Path) -> set[str]:
-    "Names in a notebook's `parameters` cell."
-    return set(import_papermill().inspect_notebook(str(path)))
+def notebook_parameters(path: Path) -> dict[str, object]:
+    "The names in a notebook's `parameters` cell → their default values (`...` where a default is not a literal)."
+    out = {}
+    for name, p in import_papermill().inspect_notebook(str(path)).items():
+        try: out[name] = ast.literal_eval(p['default'])
+        except (ValueError, SyntaxError, TypeError): out[name] = ...
+    return out
 
 # %% ../nbs/92_suite.ipynb #0b69ccae
 def is_done(stage: Stage, params: dict, out_dir: Path) -> bool:
@@ -109,6 +113,18 @@ def run_lock(run_dir: Path):
     finally:
         fcntl.flock(f, fcntl.LOCK_UN); f.close()
 
+# %% ../nbs/92_suite.ipynb #af6e491b
+def check_value(what: str, value, default, stage: Stage) -> None:
+    """A SuiteError unless `value` can stand where the notebook's default `default` stands: a finite number for a number,
+    True or False for a bool, text for text; None (the preset's) anywhere, anything where the default is None."""
+    if value is None: return
+    if isinstance(default, bool): ok, want = isinstance(value, bool), 'True or False'
+    elif isinstance(default, (int, float)):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), 'a finite number'
+    elif isinstance(default, str): ok, want = isinstance(value, str), 'text'
+    else: return
+    if not ok: raise SuiteError(f'{what}={value!r}: {stage.notebook} expects {want} there (its default is {default!r})')
+
 # %% ../nbs/92_suite.ipynb #1ed7ee6e
 def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set], flag: str = '--set') -> None:
     "Every `--set` name is declared by the notebook(s) it goes to; else a SuiteError suggesting the closest name."
@@ -117,7 +133,11 @@ def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, se
         if not targets: continue                                  # a stage left out by --only
         known = set().union(*(declared[s.name] for s in targets))
         for name in values:
-            if (any if key == '*' else all)(name in declared[s.name] for s in targets): continue
+            if (any if key == '*' else all)(name in declared[s.name] for s in targets):
+                for s in targets:                                   # and its value fits the notebook's default
+                    if isinstance(declared[s.name], dict) and name in declared[s.name]:
+                        check_value(f"{flag} {'' if key == '*' else key + '.'}{name}", values[name], declared[s.name][name], s)
+                continue
             close = difflib.get_close_matches(name, known, 1)
             where = 'no notebook of this suite has' if key == '*' else f'stage {key} ({targets[0].notebook}) has no'
             raise SuiteError(f"{flag} {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
@@ -171,6 +191,8 @@ def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Pat
     jobs += sweep_jobs(sweeps or {}, seeds, run_dir, nbs_dir, params)
     for name, grid in (sweeps or {}).items():
         check_overrides([stage(name)], {name: dict.fromkeys(grid)}, {name: declared[name]}, flag='--sweep')
+        for param, values in grid.items():
+            for v in values: check_value(f'--sweep {name}.{param}', v, declared[name][param], stage(name))
     check_values({f'{j.stage.name} (seed {j.seed})': j.params for j in jobs})
     return jobs
 
@@ -281,56 +303,87 @@ def cpu_paper_warning(preset: str, device: str | None, gpus: list[str] | None, e
             f'{"weeks" if times > 30 else "days"} on a few cores. Use a GPU (kd-nbs gpu-check projects the study there), '
             'or --preset quick.')
 
+# %% ../nbs/92_suite.ipynb #1dbc66a1
+@dataclass
+class SuiteConfig:
+    "A suite run, as `kd-nbs run` takes it: each field is a command-line option (`--preset`, `--seeds`, `--set`, ...)."
+    name: str | None = None                  # run folder under --reports, a single folder name (None: the preset's name)
+    preset: str = field(default='quick', metadata=dict(choices=[*PRESETS, 'auto']))   # quick: 1/4 width for CPUs; gpu-short: full width, 20 epochs, minutes on one GPU; paper: 200 epochs; auto: paper on CUDA
+    seeds: list[int] = field(default_factory=lambda: [0])   # one seed folder each; tables show mean ± std over them
+    epochs: int | None = None                # epochs for every training notebook (None: the preset's)
+    data_dir: str | None = None              # folder holding cifar-100-python/ (None: $KD_NBS_DATA, else the cache)
+    device: str | None = None                # cpu | cuda[:k] (None: CUDA when available)
+    set: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='[STAGE.]KEY=VALUE'))   # notebook parameters, for one stage (lm.alpha=0.9) or all (epochs=3)
+    only: list[str] | None = None            # run only these stages (or groups: color, capacity)
+    reports: str | None = None               # parent of the run folder (None: <project>/reports)
+    nbs: str | None = None                   # folder of the notebooks (None: <project>/nbs)
+    no_site: bool = False                    # skip the website
+    rerun_changed: bool = False              # finished stages whose parameters changed: move their outputs to seed<k>/archive/ and rerun them
+    gpus: str | None = field(default=None, metadata=dict(metavar='0,1,...|all'))   # spread stages over these GPUs, each stage pinned to one with CUDA_VISIBLE_DEVICES
+    per_gpu: int | None = None               # stages at once on each GPU (without --gpus: on this machine; None: as many as the GPU's memory holds at 4 GB, up to 4; 2 on a CPU of 2 cores or more)
+    executor: str = field(default='local', metadata=dict(choices=['local', 'ray']))   # where stages run: this machine, or Ray tasks (pip install -e '.[ray]')
+    address: str | None = None               # the Ray cluster to join (None: start a local Ray)
+    sweep: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='STAGE.PARAM=V1,V2,...'))   # every value (the cross product within a stage) of a student stage: dkd.beta=1,2,4,8
+
+# %% ../nbs/92_suite.ipynb #11f45cf2
+def visible_gpus() -> list[str]:
+    "The CUDA devices this process sees, by number."
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+def parse_gpus(spec: str | None, executor: str = 'local') -> list[str] | None:
+    "`0,1` → ['0', '1'] and `all` → every GPU here; a SuiteError for GPUs this machine does not have."
+    if spec is None: return None
+    if executor != 'local': raise SuiteError('--gpus is for the local executor: Ray tasks use the GPUs of the Ray cluster '
+                                             '(ray start --num-gpus ...); keep --per-gpu')
+    have = visible_gpus()
+    gpus = have if spec == 'all' else [g.strip() for g in str(spec).split(',') if g.strip()]
+    if spec != 'all' and (not gpus or not all(g.isdigit() for g in gpus)):
+        raise SuiteError(f'--gpus {spec!r}: expected GPU numbers like 0,1 or all')
+    if not gpus or (missing := [g for g in gpus if g not in have]):
+        raise SuiteError(f'--gpus {spec}: ' + (f'this machine has GPUs {",".join(have)} only' if have else
+                                                'this machine has no CUDA GPU; leave out --gpus to run on the CPU'))
+    return gpus
+
 # %% ../nbs/92_suite.ipynb #6b0f8115
-def run_suite(name: str = 'quick',                  # run folder: reports/<name>/
-              preset: str = 'quick',                # smoke | quick | paper | auto
-              seeds=(0,),                           # one seed folder each; tables show mean ± std over them
-              epochs: int | None = None,            # epochs for every training notebook (None: the preset's)
-              data_dir: str | None = None,          # folder holding cifar-100-python/ (None: $KD_NBS_DATA or the cache)
-              device: str | None = None,            # cpu | cuda[:k] (None: CUDA when available)
-              overrides: dict | None = None,        # from `parse_overrides`: {'lm': {'alpha': 0.9}, '*': {...}}
-              reports_dir: str | os.PathLike | None = None,   # parent of the run folder (None: <project>/reports)
-              nbs_dir: str | os.PathLike | None = None,       # the notebooks (None: <project>/nbs)
-              only: list[str] | None = None,        # run only these stages (or groups: color)
-              site: bool = True,                    # build the website at the end
-              progress: bool = True,                # live lines: one per running stage (epoch, accuracy, ETA)
-              rerun_changed: bool = False,          # archive finished stages whose parameters changed, and rerun them
-              gpus: list[str] | None = None,        # GPUs to spread stages over, each pinned with CUDA_VISIBLE_DEVICES
-              per_gpu: int | None = None,           # stages at once on each GPU (without `gpus`: on this machine; None: `default_slots`)
-              executor: str = 'local',              # local (this machine) | ray (a Ray cluster; pip install -e '.[ray]')
-              address: str | None = None,           # the Ray cluster to join (None: start a local Ray)
-              sweeps: dict | None = None,           # from `parse_sweeps`: {'dkd': {'beta': [1, 2, 4, 8]}}
-              ) -> Path:
+def run_suite(cfg: SuiteConfig | None = None,     # the run (None: the defaults)
+              *, progress: bool = True,           # live lines: one per running stage (epoch, accuracy, ETA)
+              **fields) -> Path:                  # `SuiteConfig` fields that replace `cfg`'s: run_suite(name='x', only=['si'])
     "Run every stage for every seed into `reports/<name>/` over the slots given, then the summary and the website."
+    cfg = dataclasses.replace(cfg or SuiteConfig(), **fields)
+    name = cfg.name or cfg.preset
+    if name in ('.', '..') or Path(name).name != name or '\\' in name:
+        raise SuiteError(f'--name {name!r}: must be a single folder name (no /, not . or ..): the run goes to '
+                         f'{cfg.reports or "reports"}/<name>/')
     root = project_root()
-    nbs_dir = Path(nbs_dir) if nbs_dir else (root/'nbs' if root else None)
+    nbs_dir = Path(cfg.nbs) if cfg.nbs else (root/'nbs' if root else None)
     if not nbs_dir or not (nbs_dir/'01_teacher.ipynb').exists():
         raise SuiteError(f'cannot find the notebooks ({nbs_dir or "not in a kd-nbs project"}); run from the kd-nbs '
                          'project or pass --nbs FOLDER')
+    seeds = list(cfg.seeds)
     bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and s >= 0)]
     if bad or not seeds: raise SuiteError(f'--seeds {" ".join(map(str, seeds))}: seeds must be non-negative integers')
     if len(set(seeds)) < len(seeds): raise SuiteError(f'--seeds {" ".join(map(str, seeds))}: a seed is listed twice')
-    run_dir = Path(reports_dir or (root or Path.cwd())/'reports').resolve()/name
-    overrides = overrides or {}
-    if data_dir: data_dir = str(Path(data_dir).resolve())
-    stages = select_stages(only)
-    if executor == 'ray' and gpus: raise SuiteError('--gpus is for the local executor: Ray tasks use the GPUs of the '
-                                                    'Ray cluster (ray start --num-gpus ...); keep --per-gpu')
-    per_gpu = default_slots(gpus, device, executor) if per_gpu is None else per_gpu
+    if cfg.epochs is not None and cfg.epochs < 1: raise SuiteError(f'--epochs {cfg.epochs}: must be positive')
+    try: overrides, sweeps = parse_overrides(cfg.set), parse_sweeps(cfg.sweep)
+    except ValueError as e: raise SuiteError(str(e)) from None
+    run_dir = Path(cfg.reports or (root or Path.cwd())/'reports').resolve()/name
+    data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
+    stages = select_stages(cfg.only)
+    gpus = parse_gpus(cfg.gpus, cfg.executor)
+    per_gpu = default_slots(gpus, cfg.device, cfg.executor) if cfg.per_gpu is None else cfg.per_gpu
     try: cap = capacity(gpus, per_gpu)
     except ValueError as e: raise SuiteError(str(e)) from None
-    jobs = plan(stages, seeds, dict(preset=preset, epochs=epochs, data_dir=data_dir, device=device), overrides, run_dir,
-                nbs_dir, sweeps)
+    jobs = plan(stages, seeds, dict(preset=cfg.preset, epochs=cfg.epochs, data_dir=data_dir, device=cfg.device), overrides,
+                run_dir, nbs_dir, sweeps)
     check_inputs(jobs)
-    if (warning := cpu_paper_warning(preset, device, gpus, executor)): print(warning, flush=True)
+    if (warning := cpu_paper_warning(cfg.preset, cfg.device, gpus, cfg.executor)): print(warning, flush=True)
     _writable(run_dir)
     with run_lock(run_dir):
-        refuse_or_archive(jobs, rerun_changed)
-        t_start = time.time()
-        outcomes = execute(jobs, stages, executor, cap, address, run_dir, progress, resolve_preset(preset, resolve_device(device)))
-        config = dict(name=name, preset=preset, seeds=list(seeds), epochs=epochs, device=device, overrides=overrides,
-                      gpus=gpus, per_gpu=per_gpu, executor=executor, sweeps=sweeps or {},
-                      hardware=hardware(resolve_device(device)) if executor == 'local' else 'a Ray cluster',
-                      finished=time.strftime('%Y-%m-%d'))
-        finish(run_dir, seeds, config, outcomes, site, t_start)
+        refuse_or_archive(jobs, cfg.rerun_changed)
+        t_start, device = time.time(), resolve_device(cfg.device)
+        outcomes = execute(jobs, stages, cfg.executor, cap, cfg.address, run_dir, progress, resolve_preset(cfg.preset, device))
+        config = dict(dataclasses.asdict(cfg), name=name, per_gpu=per_gpu, finished=time.strftime('%Y-%m-%d'),
+                      hardware=hardware(device) if cfg.executor == 'local' else 'a Ray cluster')
+        finish(run_dir, seeds, config, outcomes, not cfg.no_site, t_start)
     return run_dir

@@ -4,7 +4,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from kd_nbs.suite import run_suite, SuiteError, parse_overrides
+from kd_nbs.suite import run_suite, SuiteError
 from kd_nbs.executors import _stamp
 from kd_nbs.executors import run_stage
 from kd_nbs.stages import STAGES
@@ -28,13 +28,13 @@ def one_line_error(r, *needles):
 
 
 def test_changed_parameters_are_refused_up_front_then_archived_on_request(real_data_dir, tmp_path):
-    kw = dict(data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si'], site=False, progress=False)
-    run_dir = run_suite('a', 'smoke', **kw)
+    kw = dict(data_dir=str(real_data_dir), reports=str(tmp_path), only=['si'], no_site=True, progress=False)
+    run_dir = run_suite(name='a', preset='smoke', **kw)
     report = (run_dir/'seed0'/'02_si.ipynb').read_bytes()
     with pytest.raises(SuiteError, match=r"(?s)seed0/si \(02_si.ipynb\): lr: None then, 0.1 now.*--name.*--rerun-changed"):
-        run_suite('a', 'smoke', overrides=parse_overrides(['si.lr=0.1']), **kw)
+        run_suite(name='a', preset='smoke', set=['si.lr=0.1'], **kw)
     assert (run_dir/'seed0'/'02_si.ipynb').read_bytes() == report           # nothing touched
-    run_suite('a', 'smoke', overrides=parse_overrides(['si.lr=0.1']), rerun_changed=True, **kw)
+    run_suite(name='a', preset='smoke', set=['si.lr=0.1'], rerun_changed=True, **kw)
     archived = list((run_dir/'seed0'/'archive').glob('*_si'))
     assert len(archived) == 1 and (archived[0]/'02_si.ipynb').read_bytes() == report
     assert (archived[0]/'best_student_si.pth').exists() and (archived[0]/'student_si_result.json').exists()
@@ -83,7 +83,11 @@ def test_misspelled_parameters_are_refused_before_anything_runs(tmp_path):
 @pytest.mark.parametrize('args, needle', [(['--set', 'epochs=abc'], "epochs='abc': must be a positive integer"),
                                           (['--set', 'lr=.inf'], 'lr=inf: must be a positive, finite number'),
                                           (['--seeds', '-1'], 'seeds must be non-negative integers'),
-                                          (['--seeds', '0', '1', '0'], '--seeds 0 1 0: a seed is listed twice')])
+                                          (['--seeds', '0', '1', '0'], '--seeds 0 1 0: a seed is listed twice'),
+                                          # issue 22: three inputs that used to run
+                                          (['--sweep', 'dkd.beta=abc'], "--sweep dkd.beta='abc': 07_dkd.ipynb expects a finite number"),
+                                          (['--gpus', '0,9'], '--gpus 0,9: this machine has'),      # no GPU here, or fewer than 10
+                                          (['--name', '../../etc'], "--name '../../etc': must be a single folder name")])
 def test_bad_values_are_refused_before_a_kernel_starts(tmp_path, args, needle):
     one_line_error(cli('run', '--preset', 'smoke', '--name', 'x', '--reports', str(tmp_path), *args), needle)
     assert not (tmp_path/'x').exists()

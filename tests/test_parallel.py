@@ -51,9 +51,23 @@ def timings(run_dir: Path) -> dict[str, dict]:
             for p in run_dir.glob('seed*/*.timing.json')}
 
 
-def test_stages_share_fake_gpus_in_dependency_order(tmp_path, capsys):
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    "Two CUDA GPUs as the suite sees them: the fake notebooks only record the CUDA_VISIBLE_DEVICES they were given."
+    import kd_nbs.suite
+    monkeypatch.setattr(kd_nbs.suite, 'visible_gpus', lambda: ['0', '1'])
+
+
+def test_gpus_the_machine_does_not_have_are_refused_before_anything_runs(tmp_path, fake_gpus):
     nbs = fake_notebooks(tmp_path/'nbs')
-    run = run_suite('p', 'smoke', seeds=(0, 1), nbs_dir=nbs, reports_dir=tmp_path, site=False, gpus=['0', '1'], per_gpu=2)
+    with pytest.raises(SuiteError, match='--gpus 0,2: this machine has GPUs 0,1 only'):
+        run_suite(name='x', preset='smoke', nbs=str(nbs), reports=str(tmp_path), no_site=True, gpus='0,2')
+    assert not (tmp_path/'x').exists()
+
+
+def test_stages_share_fake_gpus_in_dependency_order(tmp_path, capsys, fake_gpus):
+    nbs = fake_notebooks(tmp_path/'nbs')
+    run = run_suite(name='p', preset='smoke', seeds=(0, 1), nbs=str(nbs), reports=str(tmp_path), no_site=True, gpus='0,1', per_gpu=2)
     t = timings(run)
     assert len(t) == 2 * len(STAGES) and {r['gpu'] for r in t.values()} == {'0', '1'}
     for gpu in ('0', '1'):                     # no slot holds more than 2 stages at any instant
@@ -69,11 +83,11 @@ def test_stages_share_fake_gpus_in_dependency_order(tmp_path, capsys):
     assert (run/'progress.log').read_text().count('running on gpu') == 2 * len(STAGES)
 
 
-def test_without_per_gpu_as_many_stages_share_a_gpu_as_its_memory_holds(tmp_path, monkeypatch):
+def test_without_per_gpu_as_many_stages_share_a_gpu_as_its_memory_holds(tmp_path, monkeypatch, fake_gpus):
     import kd_nbs.suite
     monkeypatch.setattr(kd_nbs.suite, 'gpu_memory_gb', lambda: 139.8)     # an H200: 4 stages of 4 GB, the most allowed
     nbs = fake_notebooks(tmp_path/'nbs', sleep=3.0)
-    t = timings(run_suite('g', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, gpus=['0']))
+    t = timings(run_suite(name='g', preset='smoke', seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, gpus='0'))
     spans = [(r['start'], r['end']) for r in t.values()]
     assert len(t) == len(STAGES) and {r['gpu'] for r in t.values()} == {'0'}
     assert max(sum(s <= t0 < e for s, e in spans) for t0, _ in spans) in (3, 4)   # more than 1 or 2, never over 4
@@ -81,9 +95,9 @@ def test_without_per_gpu_as_many_stages_share_a_gpu_as_its_memory_holds(tmp_path
 
 def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_path, capsys):
     nbs = fake_notebooks(tmp_path/'nbs', fail='lm', sleep=0.2)
-    kw = dict(seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2)
+    kw = dict(seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, per_gpu=2)
     with pytest.raises(SuiteError) as e:
-        run_suite('f', 'smoke', **kw)
+        run_suite(name='f', preset='smoke', **kw)
     msg = str(e.value)
     assert 'stage lm failed in 03_lm.ipynb, cell 2' in msg and 'this stage fails on purpose' in msg
     assert 'Not run, because a stage they need failed: seed0/capacity_study, seed0/color_study, seed0/kl, seed0/gradcam.' in msg
@@ -93,7 +107,7 @@ def test_a_failed_stage_stops_only_its_dependents_and_the_next_run_resumes(tmp_p
     assert ran == {f'seed0/{s.name}' for s in STAGES} - set(missing)       # all the others finished
     capsys.readouterr()
     fake_notebooks(nbs, sleep=0.2)                                           # fixed: the same command resumes
-    run_suite('f', 'smoke', **kw)
+    run_suite(name='f', preset='smoke', **kw)
     out = capsys.readouterr().out
     assert out.count('done already, skipped') == len(STAGES) - len(missing)
     assert set(timings(tmp_path/'f')) == {f'seed0/{s.name}' for s in STAGES}
@@ -144,7 +158,7 @@ def local_ray():
 
 def test_ray_tasks_land_on_their_logical_gpus_in_dependency_order(local_ray, tmp_path, capsys):
     nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5)
-    run = run_suite('r', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, executor='ray',
+    run = run_suite(name='r', preset='smoke', seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, executor='ray',
                     address=local_ray, per_gpu=2)
     t = timings(run)
     assert len(t) == len(STAGES) and {r['gpu'] for r in t.values()} <= {'0', '1'}     # the GPU share Ray granted
@@ -157,10 +171,9 @@ def test_ray_tasks_land_on_their_logical_gpus_in_dependency_order(local_ray, tmp
 
 
 def test_a_sweep_of_two_values_runs_each_variant_apart_then_tables_and_plots_them(real_data_dir, tmp_path, capsys):
-    from kd_nbs.sweeps import parse_sweeps
-    kw = dict(seeds=(0,), data_dir=str(real_data_dir), reports_dir=tmp_path, only=['teacher_vgg16', 'dkd'],
-              sweeps=parse_sweeps(['dkd.beta=1,8']), per_gpu=2)
-    run = run_suite('s', 'smoke', **kw)
+    kw = dict(seeds=(0,), data_dir=str(real_data_dir), reports=str(tmp_path), only=['teacher_vgg16', 'dkd'],
+              sweep=['dkd.beta=1,8'], per_gpu=2)
+    run = run_suite(name='s', preset='smoke', **kw)
     seed0 = run/'seed0'
     for beta in (1, 8):
         d = seed0/'sweep'/f'dkd@beta={beta}'
@@ -177,7 +190,7 @@ def test_a_sweep_of_two_values_runs_each_variant_apart_then_tables_and_plots_the
     home = (run/'book'/'index.md').read_text()
     assert '## Sweeps' in home and '(fig_sweep.png)' in home and (run/'book'/'_build'/'html'/'_images'/'fig_sweep.png').exists()
     capsys.readouterr()
-    run_suite('s', 'smoke', **{**kw, 'site': False})                         # everything done: all skipped
+    run_suite(name='s', preset='smoke', **{**kw, 'no_site': True})                         # everything done: all skipped
     assert capsys.readouterr().out.count('done already, skipped') == 2 + 4
 
 
@@ -197,14 +210,14 @@ def test_a_misspelled_sweep_is_refused_before_anything_runs(tmp_path):
 def test_a_worker_that_dies_is_reported_with_its_log(tmp_path):
     nbs = fake_notebooks(tmp_path/'nbs', die='si', sleep=0.2)
     with pytest.raises(SuiteError, match=r'(?s)stage seed0/si ended with exit code -9 .*logs/si.log'):
-        run_suite('d', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+        run_suite(name='d', preset='smoke', seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, per_gpu=2, only=['si', 'ls'])
     assert (tmp_path/'d'/'seed0'/'ls.timing.json').exists()              # the other stage finished
 
 
 def test_stages_share_the_cores_and_one_left_alone_is_offered_all(tmp_path, monkeypatch):
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     nbs = fake_notebooks(tmp_path/'nbs', sleep=0.5, slow={'ls': 60.0 if os.cpu_count() > 1 else 2.0}, until_offered='ls')   # ls outlives si, then waits
-    run_suite('c', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+    run_suite(name='c', preset='smoke', seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, per_gpu=2, only=['si', 'ls'])
     t, cores = timings(tmp_path/'c'), os.cpu_count()
     assert t['seed0/si']['omp'] == t['seed0/ls']['omp'] == str(max(1, cores // 2))    # two at once: half the cores each
     assert t['seed0/si']['end'] < t['seed0/ls']['end']
@@ -212,6 +225,6 @@ def test_stages_share_the_cores_and_one_left_alone_is_offered_all(tmp_path, monk
     assert str(cores) not in t['seed0/si']['offered'] or cores == 1
     monkeypatch.setenv('OMP_NUM_THREADS', '1')                                      # the user's setting wins
     fake_notebooks(nbs, sleep=0.5, slow={'ls': 2.0})
-    run_suite('u', 'smoke', seeds=(0,), nbs_dir=nbs, reports_dir=tmp_path, site=False, per_gpu=2, only=['si', 'ls'])
+    run_suite(name='u', preset='smoke', seeds=(0,), nbs=str(nbs), reports=str(tmp_path), no_site=True, per_gpu=2, only=['si', 'ls'])
     u = timings(tmp_path/'u')
     assert {r['omp'] for r in u.values()} == {'1'} and all(r['offered'] == [] for r in u.values())

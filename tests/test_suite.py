@@ -4,7 +4,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
-from kd_nbs.suite import run_suite, SuiteError, parse_overrides
+from kd_nbs.suite import run_suite, SuiteError
 from kd_nbs.stages import STAGES, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ TEACHERS = [m.label for m in MODELS.values() if m.name.startswith('teacher_')]
 @pytest.fixture(scope='module')
 def smoke_run(real_data_dir, tmp_path_factory):
     reports = tmp_path_factory.mktemp('reports')
-    run_dir = run_suite('smoke', 'smoke', seeds=(0, 1), data_dir=str(real_data_dir), reports_dir=reports, progress=False)
+    run_dir = run_suite(name='smoke', preset='smoke', seeds=(0, 1), data_dir=str(real_data_dir), reports=str(reports), progress=False)
     return run_dir
 
 
@@ -46,7 +46,7 @@ def test_every_table_has_its_rows(smoke_run):
 
 
 def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
-    run_suite('smoke', 'smoke', seeds=(0,), data_dir=str(real_data_dir), reports_dir=smoke_run.parent, site=False, progress=False)
+    run_suite(name='smoke', preset='smoke', seeds=(0,), data_dir=str(real_data_dir), reports=str(smoke_run.parent), no_site=True, progress=False)
     out = capsys.readouterr().out
     assert out.count('done already, skipped') == len(STAGES) and 'running' not in out
 
@@ -55,19 +55,19 @@ def test_failed_stage_names_notebook_and_cell_and_resume_keeps_work(real_data_di
     seed0 = tmp_path/'f'/'seed0'; seed0.mkdir(parents=True)
     junk = seed0/'best_teacher_vgg16_cifar100.pth'; junk.write_bytes(b'not a checkpoint')   # lm's teacher, as far as names go
     with pytest.raises(SuiteError, match=r'stage lm failed in 03_lm.ipynb, cell \d+ .*ValueError: T=-1'):
-        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], per_gpu=1,
-                  overrides=parse_overrides(['lm.T=-1']), site=False, progress=False)   # in this process: its kernels' output here
+        run_suite(name='f', preset='smoke', data_dir=str(real_data_dir), reports=str(tmp_path), only=['si', 'lm'], per_gpu=1,
+                  set=['lm.T=-1'], no_site=True, progress=False)   # in this process: its kernels' output here
     assert (seed0/'best_student_si.pth').exists() and (seed0/'failed'/'03_lm.ipynb').exists()
     assert not (seed0/'03_lm.ipynb').exists()                          # a failed execution is no report
     assert not (seed0/'best_student_lm.pth').exists()
     out, err = capfd.readouterr()                                        # the kernels' own output included
     assert 'si (02_si.ipynb): running' in out and 'without encryption' not in err   # kernels on IPC, not plaintext TCP
     with pytest.raises(SuiteError, match=r'best_teacher_vgg16_cifar100.pth: not a readable checkpoint'):
-        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
+        run_suite(name='f', preset='smoke', data_dir=str(real_data_dir), reports=str(tmp_path), only=['si', 'lm'], no_site=True, progress=False)
     assert 'si (02_si.ipynb): done already, skipped' in capfd.readouterr().out
     junk.unlink()                                                        # no teacher at all, and none in this run: refused up front
     with pytest.raises(SuiteError, match=r'(?s)seed0/lm \(03_lm.ipynb\) needs Teacher VGG-16 .*Nothing was run. Add teacher_vgg16 to --only'):
-        run_suite('f', 'smoke', data_dir=str(real_data_dir), reports_dir=tmp_path, only=['si', 'lm'], site=False, progress=False)
+        run_suite(name='f', preset='smoke', data_dir=str(real_data_dir), reports=str(tmp_path), only=['si', 'lm'], no_site=True, progress=False)
     assert 'running' not in capfd.readouterr().out
 
 
