@@ -12,7 +12,7 @@ PRESET ?= quick
 NAME   ?= $(PRESET)
 SEEDS  ?= 0
 
-.PHONY: setup report test bench export clean-reports gpu-check gpu-study device-bundle lab
+.PHONY: setup report test bench export clean-reports gpu-check gpu-study device-bundle lab tensorboard clean-nbs
 
 $(VENV)/.installed: requirements.txt settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,21 @@ bench: setup
 
 # JupyterLab on nbs/ with the project's kernel (the venv's python3) and data folder; LAB_ARGS for --port, --ip, ...
 # (--allow-root only as root: containers often run as root, and Jupyter refuses it otherwise)
+# nbdev's hooks first (a git merge driver for notebooks; clean-on-save in any Jupyter of this user), and JupyterLab saves
+# every notebook clean: cells and their tags, no outputs, execution counts or editor metadata (nbs/98_lab.ipynb)
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
+	$(BIN)/nbdev_install_hooks
+	$(BIN)/jupyter lab --notebook-dir=nbs --ContentsManager.pre_save_hook=kd_nbs.lab.clean_on_save \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
+
+# Clean the notebooks as JupyterLab's save hook does (make test fails while one is not clean)
+clean-nbs: setup
+	$(PY) -m kd_nbs.lab --fix nbs
+
+# TensorBoard on a run folder (default: the last `make report`'s): every training's scalars, live while the suite runs
+RUN ?= reports/$(NAME)
+tensorboard: setup
+	$(BIN)/kd-nbs tensorboard $(RUN) $(TB_ARGS)
 
 export: setup
 	$(BIN)/nbdev_export

@@ -4,11 +4,20 @@
 
 # %% ../nbs/99_cli.ipynb #1cacb949
 from __future__ import annotations
-import argparse, sys
+import argparse, subprocess, sys
 from pathlib import Path
+from .core import add_options
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['tensorboard_command', 'main']
+
+# %% ../nbs/99_cli.ipynb #bb267452
+def tensorboard_command(run_dir: Path, port: int = 6006) -> list[str]:
+    "The `tensorboard` command that serves every training's scalars under `run_dir`; a FileNotFoundError when it holds none."
+    if not run_dir.is_dir(): raise FileNotFoundError(f'{run_dir}: no such run folder')
+    if not any(run_dir.rglob('tensorboard')): raise FileNotFoundError(f'{run_dir} holds no tensorboard/ folder: nothing has trained there yet')
+    exe = Path(sys.executable).parent/'tensorboard'
+    return [str(exe if exe.exists() else 'tensorboard'), '--logdir', str(run_dir), '--port', str(port)]
 
 # %% ../nbs/99_cli.ipynb #7cf96505
 def _parser() -> argparse.ArgumentParser:
@@ -19,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     add_options(r, SuiteConfig, positional=False)
     s = sub.add_parser('site', help='(re)build the website of a finished run folder')
     s.add_argument('run_dir')
+    t = sub.add_parser('tensorboard', help="TensorBoard on a run folder: every training's scalars, live while the suite runs")
+    t.add_argument('run_dir', help='a run folder (reports/<name>) or any folder above tensorboard/ folders')
+    t.add_argument('--port', type=int, default=6006)
     b = sub.add_parser('bench', help='images per second: pipeline vs step alone vs DataLoader+PIL')
     b.add_argument('--widths', type=float, nargs='+', default=[1.0, 0.25])
     b.add_argument('--steps', type=int, default=None)
@@ -49,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == 'run':
             from kd_nbs.suite import run_suite, SuiteConfig
             run_suite(SuiteConfig(**{k: v for k, v in vars(args).items() if k != 'command'}))
+        elif args.command == 'tensorboard':
+            return subprocess.call(tensorboard_command(Path(args.run_dir), args.port))
         elif args.command == 'site':
             from kd_nbs.site import build_site
             print(build_site(Path(args.run_dir)))
@@ -63,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f'kd-nbs: {e.strerror or e}' + (f': {e.filename}' if e.filename else ''), file=sys.stderr)
         return 1
     return 0
-from .core import add_options
 
 # %% ../nbs/99_cli.ipynb #92dbd49f
 #| eval: false

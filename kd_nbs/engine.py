@@ -23,7 +23,8 @@ from .checkpoints import (CheckpointError, TrainState, save_atomic, load_model, 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'init_distributed', 'Trainable',
            'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict', 'accuracy',
-           'steps_per_epoch', 'DivergedError', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
+           'steps_per_epoch', 'DivergedError', 'train_epoch', 'evaluate_epoch', 'tensorboard_writer', 'scalar_tag',
+           'log_scalars', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00d_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -334,6 +335,25 @@ def evaluate_epoch(student: nn.Module, data: CIFAR100, cfg: TrainConfig) -> dict
     return dict(test_loss=F.cross_entropy(logits, data.test_y[:len(logits)].cpu()).item(),
                 test_acc=accuracy(logits, data.test_y))
 
+# %% ../nbs/00d_engine.ipynb #b9cdbb02
+def tensorboard_writer(out_dir: str | os.PathLike, name: str, start_epoch: int = 0):
+    "A `SummaryWriter` for run `name` under `out_dir/tensorboard/<name>/`, from epoch `start_epoch` on; None without tensorboard."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return None
+    return SummaryWriter(str(Path(out_dir)/'tensorboard'/name), purge_step=start_epoch + 1 if start_epoch else None)
+
+def scalar_tag(key: str) -> str:
+    "A metrics key's TensorBoard tag: `train_ce` → `loss/train_ce`, `test_acc` → `accuracy/test`, `epoch_s` → `time/epoch_s`."
+    if key in ('train_acc', 'test_acc'): return f'accuracy/{key.removesuffix("_acc")}'
+    if key.startswith('train_') or key == 'test_loss': return f'loss/{key}'
+    return {'epoch_s': 'time/epoch_s'}.get(key, key)
+
+def log_scalars(writer, row: dict) -> None:
+    "One epoch's metrics row as scalars at step `row['epoch']`, written to disk at once."
+    for k, v in row.items():
+        if k not in ('epoch', 'epochs') and isinstance(v, (int, float)): writer.add_scalar(scalar_tag(k), v, row['epoch'])
+    writer.flush()
+
 # %% ../nbs/00d_engine.ipynb #2a7bf40a
 def fit(student: VGG,                     # the network to train (its weights are updated in place)
         method: Method,                   # the objective: a `Method` returning named losses
@@ -345,6 +365,7 @@ def fit(student: VGG,                     # the network to train (its weights ar
         params: dict | None = None,       # method hyperparameters etc., recorded beside `cfg` in every output
         resume_run: bool = True,          # continue from `last_{name}.pth` when it exists
         progress: bool = True,            # progress bar and one printed line per epoch
+        tensorboard: bool = True,         # every epoch's scalars also under out_dir/tensorboard/<name>/ (`tensorboard_writer`)
         ) -> dict:
     "Train `student` with `method` (and a frozen `teacher`), evaluating each epoch; returns the result dict."
     files, rank, world = run_files(out_dir, name), *init_distributed()
@@ -358,6 +379,7 @@ def fit(student: VGG,                     # the network to train (its weights ar
     if rank == 0 and 0 < st.epoch < cfg.epochs: print(f'resuming {name} from {files["last"]} after epoch {st.epoch}')
     model = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False) if world > 1 else trainable
     step = Stepper(model, prepare_teacher(teacher, cfg), opt, cfg.amp, cfg.compile)
+    board = tensorboard_writer(out_dir, name, st.epoch) if tensorboard and rank == 0 else None
     for epoch in range(st.epoch, cfg.epochs):
         t0 = time.time()
         trainable.train()
@@ -372,9 +394,11 @@ def fit(student: VGG,                     # the network to train (its weights ar
             if improved: save_atomic(state, files['best'])
             save_atomic(state, files['last'])
             _write_metrics(st.history, files['metrics'])
+            if board: log_scalars(board, st.history[-1])
             if progress: print(f'{name} epoch {epoch + 1}/{cfg.epochs}: ' + ' '.join(
                 f'{k} {v:.4g}' for k, v in st.history[-1].items() if k not in ('epoch', 'epochs')), flush=True)
         if world > 1: dist.barrier()
+    if board: board.close()
     result = dict(name=name, best_acc=st.best_acc, last_acc=st.history[-1]['test_acc'] if st.history else None,
                   epochs=cfg.epochs, wall_s=round(st.wall_s, 1), checkpoint=str(files['best']), params=record,
                   history=st.history)

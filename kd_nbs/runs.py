@@ -19,9 +19,9 @@ from .engine import TrainConfig, Method, fit, predict, accuracy, Trainable, Cros
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', 'resolve_preset', 'stage_epochs', 'gpu_memory_gb',
            'project_root', 'default_out_dir', 'cpu_bf16_faster', 'hardware', 'speed_choices', 'unknown_parameters',
-           'check_parameters', 'Run', 'setup_run', 'run_params', 'best_checkpoint', 'freeze', 'reports_dir',
-           'in_suite_stage', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train', 'read_result',
-           'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
+           'check_parameters', 'Run', 'setup_run', 'run_params', 'method_params', 'best_checkpoint', 'freeze',
+           'reports_dir', 'in_suite_stage', 'find_teacher', 'load_teacher', 'load_data', 'new_model', 'train',
+           'read_result', 'evaluate', 'plot_history', 'summary_line', 'show_result', 'saved_models']
 
 # %% ../nbs/00g_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
@@ -241,6 +241,14 @@ RUN_PARAMS = ('preset', 'epochs', 'lr', 'schedule', 'batch_size', 'width', 'seed
 def run_params(ns: dict) -> dict:
     "The shared run parameters a notebook's `parameters` cell defined (pass `globals()`), for `setup_run`."
     return {k: ns[k] for k in RUN_PARAMS if k in ns}
+
+# %% ../nbs/00g_runs.ipynb #de097c7e
+def method_params(cls: type,          # a `Method` class
+                  ns: dict,           # the notebook's `globals()` (its parameters cell), or a `Run.hparams`
+                  ) -> dict:
+    "The hyperparameters of `cls`'s constructor that `ns` defines: one name → value mapping for `setup_run` and the method alike."
+    import inspect
+    return {k: ns[k] for k in inspect.signature(cls.__init__).parameters if k != 'self' and k in ns}
 
 # %% ../nbs/00g_runs.ipynb #9f64920d
 def best_checkpoint(out_dir, name: str) -> Path: return Path(out_dir)/f'best_{name}.pth'

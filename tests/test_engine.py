@@ -107,3 +107,21 @@ def test_two_process_ddp_on_the_cpu(tiny_data, tmp_path):
     assert ck['params']['world_size'] == 2 and ck['epoch'] == 2
     start = torch.load(tmp_path/'init.pt')
     assert not torch.equal(start['classifier.weight'], w0['classifier.weight'])   # it trained
+
+
+def test_every_scalar_of_every_epoch_reaches_tensorboard(tiny_data, tmp_path):
+    "Issue 22: each loss term, the learning rate, train and test accuracy and the epoch's seconds, one run per model."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from kd_nbs.engine import scalar_tag
+    from kd_nbs.lm import LogitMatching
+    cfg = TrainConfig(epochs=3, batch_size=50, max_batches=2)
+    teacher = VGG('vgg16', width=0.125)
+    r = fit(VGG('vgg11', width=0.125), LogitMatching(), tiny_data, cfg, tmp_path, 'student_lm', teacher=teacher, progress=False)
+    events = EventAccumulator(str(tmp_path/'tensorboard'/'student_lm')); events.Reload()
+    expected = {scalar_tag(k) for k in r['history'][0] if k not in ('epoch', 'epochs')}
+    assert {'loss/train_ce', 'loss/train_kd', 'lr', 'accuracy/train', 'accuracy/test', 'loss/test_loss', 'time/epoch_s'} <= expected
+    assert set(events.Tags()['scalars']) == expected
+    for tag in expected:
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3], tag
+    by_epoch = {e.step: e.value for e in events.Scalars('accuracy/test')}
+    assert by_epoch == pytest.approx({h['epoch']: h['test_acc'] for h in r['history']})
