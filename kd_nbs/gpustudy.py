@@ -167,7 +167,10 @@ class StudyConfig:
 
 # %% ../nbs/95_gpustudy.ipynb #77c28b5e
 def projected(preset: str, per_gpu: int | None, log=print) -> float | None:
-    "Minutes the newest GPU check in benchmarks/ projects for one seed of `preset` with the default sharing; None without one."
+    """Minutes the newest GPU check in benchmarks/ projects for one seed of `preset` with the default sharing; None without
+    one, or for a preset of a few batches an epoch (smoke), which no epoch time prices."""
+    from kd_nbs.runs import PRESETS
+    if PRESETS[preset]['max_batches']: return None
     dated = lambda p: re.search(r'_(\d{4}-\d\d-\d\d)\.json$', p.name)      # gpu_check_<gpu>_<date>.json, a check's full run
     files = sorted((p for p in (ROOT/'benchmarks').glob('gpu_check_*.json') if dated(p)), key=lambda p: dated(p).group(1))
     if not files: return None

@@ -175,7 +175,7 @@ def stage_waits(s: Stage, seed: int, params: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f'seed{seed}/{producer(m).name}' for m in names if m in MODELS))
 
 # %% ../nbs/92_suite.ipynb #sui0pl01
-def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path,
+def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path, *,
          sweeps: dict | None = None) -> list[Job]:
     "A job for every stage of every seed, then every sweep variant's; names and values checked before anything runs."
     declared: dict[str, set] = {}
@@ -243,13 +243,13 @@ def make_executor(kind: str, cap: dict[str | None, int], address: str | None = N
     return InlineExecutor() if cap == {None: 1} else LocalExecutor(cap)
 
 # %% ../nbs/92_suite.ipynb #exe00001
-def execute(jobs: list[Job], stages: list[Stage], executor: str, cap: dict, address: str | None, run_dir: Path,
+def execute(jobs: list[Job], stages: list[Stage], *, executor: str, cap: dict, address: str | None, run_dir: Path,
             progress: bool = True, preset: str = 'paper') -> dict:
     """Run the planned `jobs` on the executor's slots, with live lines in `progress.log`, the longest remaining chain
     of `preset`'s epochs first; each job's `Outcome`."""
     cost = lambda j: stage_epochs(j.stage, preset)
     length, path = max(chains(graph(jobs), {j.key: cost(j) for j in jobs}).values())
-    print(f'longest chain: {" → ".join(path)} ({length} epochs)', flush=True)
+    print(f'longest chain: {" → ".join(path)} ({length:g} epochs)', flush=True)
     number = {s.name: i for i, s in enumerate(stages, 1)}
     where = lambda j: f'{number[j.stage.name]}/{len(stages)}' if j.stage.name in number else 'sweep'
     label = lambda j: f'[seed {j.seed} · {where(j)}] {j.stage.name} ({j.stage.notebook})'
@@ -375,14 +375,15 @@ def run_suite(cfg: SuiteConfig | None = None,     # the run (None: the defaults)
     try: cap = capacity(gpus, per_gpu)
     except ValueError as e: raise SuiteError(str(e)) from None
     jobs = plan(stages, seeds, dict(preset=cfg.preset, epochs=cfg.epochs, data_dir=data_dir, device=cfg.device), overrides,
-                run_dir, nbs_dir, sweeps)
+                run_dir, nbs_dir, sweeps=sweeps)
     check_inputs(jobs)
     if (warning := cpu_paper_warning(cfg.preset, cfg.device, gpus, cfg.executor)): print(warning, flush=True)
     _writable(run_dir)
     with run_lock(run_dir):
         refuse_or_archive(jobs, cfg.rerun_changed)
         t_start, device = time.time(), resolve_device(cfg.device)
-        outcomes = execute(jobs, stages, cfg.executor, cap, cfg.address, run_dir, progress, resolve_preset(cfg.preset, device))
+        outcomes = execute(jobs, stages, executor=cfg.executor, cap=cap, address=cfg.address, run_dir=run_dir,
+                           progress=progress, preset=resolve_preset(cfg.preset, device))
         config = dict(dataclasses.asdict(cfg), name=name, per_gpu=per_gpu, finished=time.strftime('%Y-%m-%d'),
                       hardware=hardware(device) if cfg.executor == 'local' else 'a Ray cluster')
         finish(run_dir, seeds, config, outcomes, not cfg.no_site, t_start)
