@@ -16,7 +16,7 @@ from .core import replace_atomically, write_text_atomic
 
 # %% auto #0
 __all__ = ['CheckpointError', 'save_atomic', 'load_checkpoint', 'load_state', 'load_model', 'params_diff', 'TrainState',
-           'run_files', 'checkpoint_state', 'resume']
+           'run_files', 'checkpoint_state', 'resume', 'tensorboard_writer', 'scalar_tag', 'log_scalars']
 
 # %% ../nbs/00c_checkpoints.ipynb #b3fd182f
 class CheckpointError(RuntimeError):
@@ -127,3 +127,22 @@ def resume(files: dict[str, Path], student: nn.Module, method: nn.Module, opt: t
 
 def _read_metrics(path: Path) -> list:
     return path.read_text().splitlines() if path.exists() else []
+
+# %% ../nbs/00c_checkpoints.ipynb #b9cdbb02
+def tensorboard_writer(out_dir: str | os.PathLike, name: str, start_epoch: int = 0):
+    "A `SummaryWriter` for run `name` under `out_dir/tensorboard/<name>/`, from epoch `start_epoch` on; None without tensorboard."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return None
+    return SummaryWriter(str(Path(out_dir)/'tensorboard'/name), purge_step=start_epoch + 1 if start_epoch else None)
+
+def scalar_tag(key: str) -> str:
+    "A metrics key's TensorBoard tag: `train_ce` → `loss/train_ce`, `test_acc` → `accuracy/test`, `epoch_s` → `time/epoch_s`."
+    if key in ('train_acc', 'test_acc'): return f'accuracy/{key.removesuffix("_acc")}'
+    if key.startswith('train_') or key == 'test_loss': return f'loss/{key}'
+    return {'epoch_s': 'time/epoch_s'}.get(key, key)
+
+def log_scalars(writer, row: dict) -> None:
+    "One epoch's metrics row as scalars at step `row['epoch']`, written to disk at once."
+    for k, v in row.items():
+        if k not in ('epoch', 'epochs') and isinstance(v, (int, float)): writer.add_scalar(scalar_tag(k), v, row['epoch'])
+    writer.flush()

@@ -18,13 +18,12 @@ from .data import CIFAR100, BatchAugment, iterate_batches, normalize
 from .models import VGG, VGGOutput, fold_bn
 from .core import read_threads, write_text_atomic
 from .checkpoints import (CheckpointError, TrainState, save_atomic, load_model, params_diff, run_files,
-                                checkpoint_state, resume, _plain, _write_metrics)
+                                checkpoint_state, resume, _plain, _write_metrics, tensorboard_writer, log_scalars)
 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'init_distributed', 'Trainable',
            'prepare_teacher', 'train_step', 'make_optimizer', 'Stepper', 'adopt_threads', 'predict', 'accuracy',
-           'steps_per_epoch', 'DivergedError', 'train_epoch', 'evaluate_epoch', 'tensorboard_writer', 'scalar_tag',
-           'log_scalars', 'fit', 'grads_finite_bf16']
+           'steps_per_epoch', 'DivergedError', 'train_epoch', 'evaluate_epoch', 'fit', 'grads_finite_bf16']
 
 # %% ../nbs/00d_engine.ipynb #fbca3ebc
 class Method(nn.Module):
@@ -334,25 +333,6 @@ def evaluate_epoch(student: nn.Module, data: CIFAR100, cfg: TrainConfig) -> dict
                      static=cfg.drop_last)
     return dict(test_loss=F.cross_entropy(logits, data.test_y[:len(logits)].cpu()).item(),
                 test_acc=accuracy(logits, data.test_y))
-
-# %% ../nbs/00d_engine.ipynb #b9cdbb02
-def tensorboard_writer(out_dir: str | os.PathLike, name: str, start_epoch: int = 0):
-    "A `SummaryWriter` for run `name` under `out_dir/tensorboard/<name>/`, from epoch `start_epoch` on; None without tensorboard."
-    try: from torch.utils.tensorboard import SummaryWriter
-    except ImportError: return None
-    return SummaryWriter(str(Path(out_dir)/'tensorboard'/name), purge_step=start_epoch + 1 if start_epoch else None)
-
-def scalar_tag(key: str) -> str:
-    "A metrics key's TensorBoard tag: `train_ce` → `loss/train_ce`, `test_acc` → `accuracy/test`, `epoch_s` → `time/epoch_s`."
-    if key in ('train_acc', 'test_acc'): return f'accuracy/{key.removesuffix("_acc")}'
-    if key.startswith('train_') or key == 'test_loss': return f'loss/{key}'
-    return {'epoch_s': 'time/epoch_s'}.get(key, key)
-
-def log_scalars(writer, row: dict) -> None:
-    "One epoch's metrics row as scalars at step `row['epoch']`, written to disk at once."
-    for k, v in row.items():
-        if k not in ('epoch', 'epochs') and isinstance(v, (int, float)): writer.add_scalar(scalar_tag(k), v, row['epoch'])
-    writer.flush()
 
 # %% ../nbs/00d_engine.ipynb #2a7bf40a
 def fit(student: VGG,                     # the network to train (its weights are updated in place)

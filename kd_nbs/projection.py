@@ -11,8 +11,8 @@ from .schedule import chains
 
 # %% auto #0
 __all__ = ['ROWS', 'DISTILLERS', 'STUDY_EVALS', 'STAGE_OVERHEAD_S', 'price_row', 'study_trainings', 'best_rows',
-           'training_seconds', 'stage_seconds', 'project_study', 'project_shared', 'critical_path', 'project_preset',
-           'summarize_check', 'print_report']
+           'training_seconds', 'measured_row', 'stage_seconds', 'project_study', 'project_shared', 'critical_path',
+           'project_preset', 'summarize_check', 'print_report']
 
 # %% ../nbs/94_projection.ipynb #80bcbbda
 def _teacher_arch(m: Model) -> str | None: return MODELS[teacher_name(m.teacher)].arch if m.teacher else None
@@ -55,7 +55,15 @@ def training_seconds(best: dict[str, dict], preset: str = 'paper') -> dict[str, 
     """Seconds of each training of the study at `preset` that a measured row prices: epochs × its epoch time, plus
     what a training pays once: its first evaluation's extra (cuDNN's search) and its warm-up (compilation)."""
     once = lambda r: max(0.0, r.get('eval_first_s', 0.0) - r.get('eval_s', 0.0)) + r.get('warmup_s', 0.0)
-    return {what: epochs * best[row]['epoch_s'] + once(best[row]) for what, epochs, row, _ in study_trainings(preset) if row in best}
+    rows = {what: (epochs, measured_row(row, best)) for what, epochs, row, _ in study_trainings(preset)}
+    return {what: epochs * best[r]['epoch_s'] + once(best[r]) for what, (epochs, r) in rows.items() if r}
+
+def measured_row(row: str, best: dict[str, dict]) -> str | None:
+    """The measured row that prices `row`: itself; for a method without a teacher that the check did not time (one from
+    before the method had a row of its own: LS until 2026-12), SI's, which costs the same but for an elementwise op."""
+    if row in best: return row
+    _, teacher, method = ROWS.get(row, (None, None, None))
+    return 'si' if method is not None and teacher is None and 'si' in best else None
 
 # %% ../nbs/94_projection.ipynb #gc0ss01
 def stage_seconds(best: dict[str, dict], eval_s: float, preset: str = 'paper') -> tuple[dict[str, float], list[str]]:

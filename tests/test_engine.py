@@ -112,7 +112,7 @@ def test_two_process_ddp_on_the_cpu(tiny_data, tmp_path):
 def test_every_scalar_of_every_epoch_reaches_tensorboard(tiny_data, tmp_path):
     "Issue 22: each loss term, the learning rate, train and test accuracy and the epoch's seconds, one run per model."
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from kd_nbs.engine import scalar_tag
+    from kd_nbs.checkpoints import scalar_tag
     from kd_nbs.lm import LogitMatching
     cfg = TrainConfig(epochs=3, batch_size=50, max_batches=2)
     teacher = VGG('vgg16', width=0.125)
