@@ -19,8 +19,10 @@ __all__ = ['CAM', 'CAM_FINE', 'HEADLINES', 'SITE_CSS', 'findings_section', 'run_
 # %% ../nbs/91b_site.ipynb #66e3957f
 CAM, CAM_FINE = 'distillation_grad_cam_comparison.png', 'distillation_grad_cam_block2.png'   # written by 11_gradcam
 HEADLINES = [   # (table in summary.json or None, section title, figure key, what it shows)
-    ('accuracy', 'Accuracy of every model', 'accuracy', 'Best test accuracy (%): students in blue, teachers in grey, the '
-     'independent student (SI) as a dashed line. The table adds training epochs and minutes on this machine.'),
+    ('accuracy', 'Accuracy of every model', 'accuracy', 'Test accuracy (%) at each model\'s best epoch, the one the findings '
+     'compare: students in blue, teachers in grey, the independent student (SI) as a dashed line. The table adds the last '
+     'epoch\'s accuracy (`last_accuracy`: RepDistiller\'s README reports the last epoch, mdistiller the best), the best '
+     'epoch, training epochs and minutes on this machine.'),
     ('kl', 'KL ranking', 'kl', 'Each student\'s mean KL(teacher ‖ student) at T=1 against its accuracy. The table adds '
      'KL at T=4 and top-1 agreement with the VGG-16 teacher.'),
     ('color', 'Colour drops', 'color', 'Accuracy lost on one seeded colour-jittered copy of the test set (points); the '
@@ -38,7 +40,7 @@ def findings_section(summary: dict) -> list[str]:
     "Markdown lines: the five findings, each with its verdict and the numbers it was decided on."
     lines = ['## Findings', '', "The seed document's five key findings, decided from this run's numbers: *supported* or "
              '*not supported* when the difference is larger than the seed-to-seed spread of a difference, *not resolved* '
-             'within it or when only one seed ran.', '']
+             'within it or when only one seed ran. Accuracies are each model\'s best epoch.', '']
     return lines + [f'{i}. {f.markdown()}' for i, f in enumerate(findings(summary.get('per_seed', {})), 1)] + ['']
 
 # %% ../nbs/91b_site.ipynb #1ae8af74

@@ -12,19 +12,28 @@ from .stages import display_name
 from .sweeps import SWEEP_COLUMNS, sweep_table
 
 # %% auto #0
-__all__ = ['TABLES', 'SORT_BY', 'accuracy_table', 'data_sources', 'collect', 'mean_std', 'summarize', 'write_summary']
+__all__ = ['TABLES', 'SORT_BY', 'best_epoch', 'accuracy_table', 'data_sources', 'collect', 'mean_std', 'summarize',
+           'write_summary']
 
 # %% ../nbs/90d_summary.ipynb #7a3f3b18
 TABLES = {'kl': 'kl.csv', 'color': 'color.csv', 'capacity': 'capacity.csv', 'cam_similarity': 'cam_similarity.csv'}
 
+def best_epoch(result: dict) -> int | None:
+    "The epoch of a result's best test accuracy (the first, on a tie, as `fit` keeps it); None without a history."
+    h = result.get('history') or []
+    return max(h, key=lambda row: row['test_acc'])['epoch'] if h else None
+
 def accuracy_table(out_dir: Path) -> pd.DataFrame:
-    "Best test accuracy, epochs and wall time of every model trained in `out_dir`."
+    """Every model trained in `out_dir`: test accuracy at its best epoch (`accuracy`, what the findings compare) and at
+    its last (`last_accuracy`: papers differ, mdistiller reporting the best and RepDistiller's README the last), the
+    best epoch, the epochs and the wall time."""
     rows = []
     for p in sorted(out_dir.glob('*_result.json')):
         r = json.loads(p.read_text())
         rows.append({'model': r['name'], 'label': display_name(r['name']), 'method': r['params']['run'].get('method'),
                      'teacher': r['params']['run'].get('teacher') or '—', 'width': r['params']['run'].get('width'),
-                     'accuracy': r['best_acc'], 'epochs': r['epochs'], 'minutes': r['wall_s'] / 60})
+                     'accuracy': r['best_acc'], 'last_accuracy': r.get('last_acc'), 'best_epoch': best_epoch(r),
+                     'epochs': r['epochs'], 'minutes': r['wall_s'] / 60})
     return pd.DataFrame(rows)
 
 # %% ../nbs/90d_summary.ipynb #e8d2e4da

@@ -43,6 +43,9 @@ def test_every_table_has_its_rows(smoke_run):
     assert all('±' in v for v in t['accuracy'].accuracy)                                     # two seeds: mean ± std
     per_seed = pd.DataFrame(s['per_seed']['kl'])
     assert sorted(per_seed.seed.unique()) == [0, 1] and per_seed.kl_T1.ge(0).all()
+    acc = pd.DataFrame(s['per_seed']['accuracy'])                    # the best epoch and the last, each model and seed
+    assert acc.last_accuracy.le(acc.accuracy).all() and acc.best_epoch.between(1, acc.epochs.max()).all()
+    assert {'accuracy', 'last_accuracy', 'best_epoch'} <= set(t['accuracy'].columns)
 
 
 def test_a_second_run_skips_everything(smoke_run, real_data_dir, capsys):
