@@ -220,6 +220,12 @@ def main(argv: list[str] | None = None, prog: str = 'make gpu-study') -> int:
         p = argparse.ArgumentParser(prog='make device-bundle', description='Download the wheels the suite needs on a GPU machine with only torch.')
         p.add_argument('--python', default='3.12', help="the machine's Python, major.minor")
         build_bundle(p.parse_args(argv[1:]).python); return 0
+    if argv[:1] == ['install']:          # on the GPU machine, for `kd-nbs run` and papermill by hand: prints the PYTHONPATH to export
+        p = argparse.ArgumentParser(prog='python -m kd_nbs.gpustudy install', description='Install the bundle offline.')
+        p.add_argument('--bundle', default=str(bundle_dir(f'{sys.version_info.major}.{sys.version_info.minor}')))
+        p.add_argument('--target', default=str(Path(tempfile.gettempdir())/'kd-nbs-site'))
+        a = p.parse_args(argv[1:]); install_bundle(Path(a.bundle), Path(a.target))
+        print(f'export PYTHONPATH={os.environ["PYTHONPATH"]}'); return 0
     if argv[:1] == ['run']: argv = argv[1:]
     cfg = StudyConfig(**vars(dataclass_parser(StudyConfig, prog, 'The whole study at a full-width preset on this '
                                      'GPU, packed without checkpoints.').parse_args(argv)))
