@@ -4,9 +4,8 @@
 
 # %% ../nbs/00d_engine.ipynb #4e2b1d86
 from __future__ import annotations
-import copy, json, math, os, time, warnings
+import json, math, os, time, warnings
 from dataclasses import dataclass, asdict, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -17,8 +16,8 @@ from tqdm.auto import tqdm
 from .data import CIFAR100, BatchAugment, iterate_batches, normalize
 from .models import VGG, VGGOutput, fold_bn
 from .core import read_threads, write_text_atomic
-from .checkpoints import (CheckpointError, TrainState, save_atomic, load_model, params_diff, run_files,
-                                checkpoint_state, resume, _plain, _write_metrics, tensorboard_writer, log_scalars)
+from .checkpoints import (TrainState, save_atomic, run_files, checkpoint_state, resume, _plain, _write_metrics,
+                                tensorboard_writer, log_scalars)
 
 # %% auto #0
 __all__ = ['COMPILE_MODES', 'Method', 'CrossEntropy', 'TrainConfig', 'lr_factor', 'init_distributed', 'Trainable',

@@ -13,12 +13,13 @@ import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
 from .core import dataclass_parser
-from .registry import METHODS, REGISTRY
+from .registry import REGISTRY
 from .runs import resolve_device, gpu_memory_gb
 from .schedule import gpu_slots
 from .projection import ROWS, DISTILLERS, best_rows, summarize_check, print_report
+from .checkpoints import load_model
 from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimizer, prepare_teacher, train_epoch,
-                           evaluate_epoch, steps_per_epoch, fit, load_model, predict, COMPILE_MODES)
+                           evaluate_epoch, steps_per_epoch, fit, predict, COMPILE_MODES)
 
 # %% auto #0
 __all__ = ['PROFILE_STEPS', 'EQUAL_RTOL', 'method_class', 'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/95_gpustudy.ipynb #cad8f252
 from __future__ import annotations
-import argparse, dataclasses, importlib, importlib.metadata as md, json, os, re, shutil, subprocess, sys, tarfile, tempfile, time
+import argparse, importlib, importlib.metadata as md, json, os, re, shutil, subprocess, sys, tarfile, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import dataclass_parser

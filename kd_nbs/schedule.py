@@ -4,12 +4,12 @@
 
 # %% ../nbs/90_schedule.ipynb #203209c2
 from __future__ import annotations
-import json, math, os, sys, threading, time
+import json, os, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 from .core import duration
-from .stages import Stage, MODELS, depends_on
+from .stages import Stage, depends_on
 
 # %% auto #0
 __all__ = ['STAGE_GPU_GB', 'MAX_PER_GPU', 'Job', 'graph', 'chains', 'capacity', 'gpu_slots', 'SuiteError', 'Executor',

@@ -9,11 +9,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from .runs import (PRESETS, project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, stage_epochs,
                          hardware, RUN_PARAMS)
 from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
-from .core import write_text_atomic
 from .checkpoints import params_diff, run_files
 from .schedule import Executor, Job, Progress, capacity, chains, graph, gpu_slots, run_jobs, SuiteError
 from .executors import InlineExecutor, LocalExecutor, import_papermill, _stamp
@@ -126,7 +124,7 @@ def check_value(what: str, value, default, stage: Stage) -> None:
     if not ok: raise SuiteError(f'{what}={value!r}: {stage.notebook} expects {want} there (its default is {default!r})')
 
 # %% ../nbs/92_suite.ipynb #1ed7ee6e
-def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, set], flag: str = '--set') -> None:
+def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, dict], flag: str = '--set') -> None:
     "Every `--set` name is declared by the notebook(s) it goes to; else a SuiteError suggesting the closest name."
     for key, values in overrides.items():
         targets = [s for s in stages if key in ('*', s.name, s.group)]
@@ -135,7 +133,7 @@ def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, se
         for name in values:
             if (any if key == '*' else all)(name in declared[s.name] for s in targets):
                 for s in targets:                                   # and its value fits the notebook's default
-                    if isinstance(declared[s.name], dict) and name in declared[s.name]:
+                    if name in declared[s.name]:
                         check_value(f"{flag} {'' if key == '*' else key + '.'}{name}", values[name], declared[s.name][name], s)
                 continue
             close = difflib.get_close_matches(name, known, 1)
@@ -178,7 +176,7 @@ def stage_waits(s: Stage, seed: int, params: dict) -> tuple[str, ...]:
 def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Path, nbs_dir: Path, *,
          sweeps: dict | None = None) -> list[Job]:
     "A job for every stage of every seed, then every sweep variant's; names and values checked before anything runs."
-    declared: dict[str, set] = {}
+    declared: dict[str, dict] = {}
     def params(s: Stage, seed: int, out_dir: Path) -> dict:
         if s.name not in declared: declared[s.name] = notebook_parameters(nbs_dir/s.notebook)
         return stage_params(s, dict(shared, seed=seed), overrides, out_dir, declared[s.name])
@@ -340,7 +338,7 @@ def parse_gpus(spec: str | None, executor: str = 'local') -> list[str] | None:
     gpus = have if spec == 'all' else [g.strip() for g in str(spec).split(',') if g.strip()]
     if spec != 'all' and (not gpus or not all(g.isdigit() for g in gpus)):
         raise SuiteError(f'--gpus {spec!r}: expected GPU numbers like 0,1 or all')
-    if not gpus or (missing := [g for g in gpus if g not in have]):
+    if not gpus or any(g not in have for g in gpus):
         raise SuiteError(f'--gpus {spec}: ' + (f'this machine has GPUs {",".join(have)} only' if have else
                                                 'this machine has no CUDA GPU; leave out --gpus to run on the CPU'))
     return gpus
