@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .models import VGG
+from .zoo import ARCHS, build_model
 from .core import replace_atomically, write_text_atomic
 
 # %% auto #0
@@ -50,20 +51,19 @@ def load_state(module: nn.Module, state: dict, path, what: str = 'model') -> Non
 
 # %% ../nbs/00c_checkpoints.ipynb #9cf23628
 def load_model(path: str | os.PathLike, device='cpu', arch: str | None = None) -> tuple[VGG, dict]:
-    """The VGG saved in a checkpoint (architecture and width from its `model_config`), and the checkpoint.
+    """The network (a VGG or any other of the zoo, `00ba_zoo`) saved in a checkpoint (architecture and width from its `model_config`), and the checkpoint.
     `arch`, when given, is what the caller expects; anything a checkpoint says that does not fit is an error naming it."""
-    from kd_nbs.models import VGG_CFGS
     ck = load_checkpoint(path)
     cfg = ck.get('model_config')
     if not isinstance(cfg, dict) or 'arch' not in cfg: raise CheckpointError(f'{path}: no model_config; cannot tell the architecture')
-    if cfg['arch'] not in VGG_CFGS: raise CheckpointError(f'{path}: unknown arch {cfg["arch"]!r} in its model_config; expected one of {sorted(VGG_CFGS)}')
+    if cfg['arch'] not in ARCHS: raise CheckpointError(f'{path}: unknown arch {cfg["arch"]!r} in its model_config; expected one of {list(ARCHS)}')
     if arch is not None and cfg['arch'] != arch: raise CheckpointError(f'{path} holds a {cfg["arch"]}, not the {arch} expected here')
     extra = set(cfg) - {'arch', 'width', 'num_classes'}
     if extra: raise CheckpointError(f'{path}: unexpected model_config entries {sorted(extra)}')
     if not isinstance(ck['model'], dict) or not all(isinstance(v, torch.Tensor) for v in ck['model'].values()):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
     if not isinstance(ck.get('best_acc', 0.0), (int, float)): raise CheckpointError(f'{path}: best_acc is not a number')
-    try: model = VGG(**cfg)
+    try: model = build_model(**cfg)
     except (TypeError, ValueError) as e: raise CheckpointError(f'{path}: bad model_config {cfg}: {e}') from None
     load_state(model, ck['model'], path)
     return model.to(device).eval(), ck

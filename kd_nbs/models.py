@@ -15,6 +15,7 @@ __all__ = ['VGG_CFGS', 'VGGOutput', 'VGG', 'feature_shapes', 'count_parameters',
 
 # %% ../nbs/00b_models.ipynb #d953e1d9
 VGG_CFGS = {
+    'vgg8': [[64], [128], [256], [512], [512]],            # RepDistiller's configuration S: the benchmark's student
     'vgg11': [[64], [128], [256, 256], [512, 512], [512, 512]],
     'vgg13': [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
     'vgg16': [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],

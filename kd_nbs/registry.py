@@ -8,7 +8,7 @@ import difflib
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['METHODS', 'REGISTRY', 'MethodInfo', 'method_info']
+__all__ = ['METHODS', 'REGISTRY', 'STUDY_METHODS', 'MethodInfo', 'method_info']
 
 # %% ../nbs/00e_registry.ipynb #e4ddd075
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class MethodInfo:
     notebook: str                # in nbs/
     cls: str                     # its `Method` as 'module:Class', imported where methods are built (the GPU check)
     needs_teacher: bool = True   # False: trained on the labels alone (SI, LS)
+    in_study: bool = True        # a stage of the VGG study (the seed's six); False: a notebook of its own, run by hand for now
 
 # %% ../nbs/00e_registry.ipynb #5a1510cb
 METHODS: tuple[MethodInfo, ...] = (
@@ -29,8 +30,17 @@ METHODS: tuple[MethodInfo, ...] = (
     MethodInfo('crd', 'CRD', 'CRD: contrastive representation distillation', '05_crd.ipynb', 'kd_nbs.crd:CRD'),
     MethodInfo('ls', 'LS', 'LS: label smoothing', '06_ls.ipynb', 'kd_nbs.ls:LabelSmoothing', needs_teacher=False),
     MethodInfo('dkd', 'DKD', 'DKD: decoupled KD', '07_dkd.ipynb', 'kd_nbs.dkd:DKD'),
+    # The benchmark's methods (issue 21): each a notebook of its own, checked against its reference definition
+    MethodInfo('at', 'AT', 'AT: attention transfer', '12_at.ipynb', 'kd_nbs.at:AT', in_study=False),
+    MethodInfo('sp', 'SP', 'SP: similarity-preserving KD', '13_sp.ipynb', 'kd_nbs.sp:SP', in_study=False),
+    MethodInfo('vid', 'VID', 'VID: variational information distillation', '14_vid.ipynb', 'kd_nbs.vid:VID', in_study=False),
+    MethodInfo('rkd', 'RKD', 'RKD: relational KD', '15_rkd.ipynb', 'kd_nbs.rkd:RKD', in_study=False),
+    MethodInfo('pkt', 'PKT', 'PKT: probabilistic knowledge transfer', '16_pkt.ipynb', 'kd_nbs.pkt:PKT', in_study=False),
+    MethodInfo('nst', 'NST', 'NST: neuron selectivity transfer', '17_nst.ipynb', 'kd_nbs.nst:NST', in_study=False),
+    MethodInfo('dist', 'DIST', 'DIST: distillation from a stronger teacher', '18_dist.ipynb', 'kd_nbs.dist:DIST', in_study=False),
 )
 REGISTRY: dict[str, MethodInfo] = {m.name: m for m in METHODS}
+STUDY_METHODS: tuple[MethodInfo, ...] = tuple(m for m in METHODS if m.in_study)   # what the VGG study's stage table trains
 
 # %% ../nbs/00e_registry.ipynb #6add2dfa
 def method_info(name: str) -> MethodInfo:

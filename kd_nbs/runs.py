@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from .data import CIFAR100, load_cifar100
 from .models import VGG
+from .zoo import build_model
 from .stages import MODELS, Stage, teacher_name, student_name, display_name, teacher_command   # names come from the stage table
 from .core import write_text_atomic
 from .checkpoints import load_model
@@ -309,10 +310,10 @@ def load_data(run: Run) -> CIFAR100:
     return load_cifar100(run.data_dir, device=run.device)
 
 # %% ../nbs/00g_runs.ipynb #f23cbede
-def new_model(run: Run, arch: str = 'vgg11') -> VGG:
-    "A fresh `arch` at the run's width, initialised from the run's seed."
+def new_model(run: Run, arch: str = 'vgg11') -> torch.nn.Module:
+    "A fresh `arch` (a name of the zoo, `00ba_zoo`: the study's VGG-11 by default) at the run's width, initialised from the run's seed."
     torch.manual_seed(run.cfg.seed)
-    return VGG(arch, width=run.width)
+    return build_model(arch, width=run.width)
 
 # %% ../nbs/00g_runs.ipynb #5a6ed7e7
 def train(run: Run,                       # the notebook's validated parameters (`setup_run`)

@@ -5,7 +5,7 @@
 # %% ../nbs/00f_stages.ipynb #62271c6c
 from __future__ import annotations
 from dataclasses import dataclass, field
-from .registry import METHODS, REGISTRY
+from .registry import REGISTRY, STUDY_METHODS
 
 # %% auto #0
 __all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'REPORT_TITLES', 'Model', 'Stage',
@@ -51,7 +51,7 @@ class Stage:
 
 # %% ../nbs/00f_stages.ipynb #8cbcaf91
 T16, T19, TCI = 'teacher_vgg16_cifar100', 'teacher_vgg19_cifar100', 'teacher_color_invariant'
-STUDENT_METHODS = tuple(REGISTRY)          # one student stage per method of the registry (`00e_registry`)
+STUDENT_METHODS = tuple(m.name for m in STUDY_METHODS)   # one student stage per method of the study (`00e_registry`)
 _ALL_STUDENTS = tuple(f'student_{m}' for m in STUDENT_METHODS) + ('student_lm_from_vgg19', 'student_crd_color_invariant')
 
 STAGES: tuple[Stage, ...] = (
@@ -69,7 +69,7 @@ STAGES: tuple[Stage, ...] = (
           (Model('student_lm_from_vgg19', 'LM (from VGG-19)', 'lm', 'vgg19'),), reads=(T19,), params={'part': 'train'},
           group='capacity'),
     *(Stage(m.name, m.notebook, m.title, (Model(f'student_{m.name}', m.label, m.name, 'vgg16' if m.needs_teacher else None),),
-            reads=(T16,) if m.needs_teacher else ()) for m in METHODS),
+            reads=(T16,) if m.needs_teacher else ()) for m in STUDY_METHODS),
     Stage('capacity_study', '10_capacity.ipynb', 'Teacher capacity: VGG-19 against VGG-16', (), ('capacity.csv',),
           (T16, T19, 'student_lm', 'student_lm_from_vgg19'), params={'part': 'study'}, group='capacity'),
     Stage('color_study', '09_color.ipynb', 'Colour invariance: what colour jitter costs each model', (), ('color.csv',),
