@@ -1,5 +1,6 @@
 "Issue 21: the CIFAR model zoo (parameter counts and block shapes as RepDistiller's networks) and the seven benchmark methods through the engine's step."
 import importlib
+from pathlib import Path
 import pytest
 import torch
 from kd_nbs.zoo import ARCHS, build_model
@@ -7,6 +8,8 @@ from kd_nbs.models import count_parameters, feature_shapes, fold_bn
 from kd_nbs.registry import METHODS, REGISTRY, STUDY_METHODS
 from kd_nbs.engine import Trainable, TrainConfig, make_optimizer, prepare_teacher, train_step
 from kd_nbs.checkpoints import load_model, save_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Exact counts at full width, 100 classes, worked out layer by layer from RepDistiller's models/ (conv biases in the VGGs
 # only, BatchNorm's two affine vectors, the classifier's bias); published to two decimals in CRD and mdistiller.
@@ -91,3 +94,25 @@ def test_each_new_method_trains_a_benchmark_pair(info, pair):
     assert all(float(v.detach()) > 0 for k, v in losses.items() if k != 'ce'), losses      # the distillation term is not idle
     moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
     assert all(moved[:len(list(student.parameters()))]) and all(moved)
+
+
+@pytest.fixture(scope='module')
+def smoke_teacher(real_data_dir, tmp_path_factory):
+    "The VGG-16 teacher at the smoke preset, trained once by its notebook, for the method notebooks' runs."
+    import papermill as pm
+    out = tmp_path_factory.mktemp('bench_methods')
+    pm.execute_notebook(ROOT/'nbs'/'01_teacher.ipynb', out/'teacher.ipynb', progress_bar=False,
+                        parameters=dict(preset='smoke', out_dir=str(out), data_dir=str(real_data_dir)))
+    return out
+
+
+@pytest.mark.parametrize('info', NEW, ids=lambda m: m.name)
+def test_each_new_method_notebook_runs_end_to_end(info, smoke_teacher, real_data_dir):
+    "`papermill nbs/12_at.ipynb` (and each of the seven) at the smoke preset: the student's checkpoint and result, its method's class and loss terms recorded."
+    import json, papermill as pm
+    pm.execute_notebook(ROOT/'nbs'/info.notebook, smoke_teacher/info.notebook, progress_bar=False,
+                        parameters=dict(preset='smoke', out_dir=str(smoke_teacher), data_dir=str(real_data_dir)))
+    assert (smoke_teacher/f'best_student_{info.name}.pth').exists()
+    r = json.loads((smoke_teacher/f'student_{info.name}_result.json').read_text())
+    assert r['params']['run']['method'] == info.cls.split(':')[1]
+    assert any(k.startswith('train_') and k not in ('train_ce', 'train_acc') for k in r['history'][0]), r['history'][0]
