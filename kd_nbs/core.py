@@ -4,11 +4,12 @@
 
 # %% ../nbs/00_core.ipynb #f977459e
 from __future__ import annotations
-import argparse, dataclasses, os, re
+import argparse, dataclasses, difflib, os, re
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['replace_atomically', 'write_text_atomic', 'read_threads', 'duration', 'add_options', 'dataclass_parser']
+__all__ = ['replace_atomically', 'write_text_atomic', 'read_threads', 'duration', 'did_you_mean', 'add_options',
+           'dataclass_parser']
 
 # %% ../nbs/00_core.ipynb #sch0ra01
 def replace_atomically(path: str | os.PathLike, write) -> Path:
@@ -37,6 +38,12 @@ def read_threads(path: str | os.PathLike) -> int | None:
 def duration(seconds: float) -> str:
     "`42 s`, `3.5 min` or `2.1 h`: how long something took or will take, for people."
     return f'{seconds:.0f} s' if seconds < 90 else f'{seconds / 60:.1f} min' if seconds < 5400 else f'{seconds / 3600:.1f} h'
+
+# %% ../nbs/00_core.ipynb #a586e838
+def did_you_mean(name: str, choices, otherwise: str) -> str:
+    "`did you mean 'x'?` for the closest of `choices` to a mistyped `name`; `otherwise` when none is close: how every refusal of a name ends."
+    close = difflib.get_close_matches(name, list(choices), 1)
+    return f'did you mean {close[0]!r}?' if close else otherwise
 
 # %% ../nbs/00_core.ipynb #d06a7bd5
 _TYPES = {'int': int, 'float': float, 'str': str}

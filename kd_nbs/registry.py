@@ -4,8 +4,8 @@
 
 # %% ../nbs/00e_registry.ipynb #79245a6d
 from __future__ import annotations
-import difflib
 from dataclasses import dataclass
+from .core import did_you_mean
 
 # %% auto #0
 __all__ = ['METHODS', 'REGISTRY', 'STUDY_METHODS', 'MethodInfo', 'method_info']
@@ -46,5 +46,4 @@ STUDY_METHODS: tuple[MethodInfo, ...] = tuple(m for m in METHODS if m.in_study) 
 def method_info(name: str) -> MethodInfo:
     "The registry's row for `name`; a KeyError naming the closest name otherwise."
     if name in REGISTRY: return REGISTRY[name]
-    close = difflib.get_close_matches(name, REGISTRY, 1)
-    raise KeyError(f'no method {name!r}' + (f'; did you mean {close[0]!r}?' if close else f'; methods are {list(REGISTRY)}'))
+    raise KeyError(f'no method {name!r}; ' + did_you_mean(name, REGISTRY, f'methods are {list(REGISTRY)}'))

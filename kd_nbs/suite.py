@@ -4,7 +4,7 @@
 
 # %% ../nbs/92_suite.ipynb #4871b354
 from __future__ import annotations
-import ast, dataclasses, difflib, fcntl, json, math, os, shutil, time
+import ast, dataclasses, fcntl, json, math, os, shutil, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,7 @@ from .schedule import Executor, Job, Progress, capacity, chains, graph, gpu_slot
 from .executors import InlineExecutor, LocalExecutor, import_papermill, _stamp
 from .sweeps import sweep_jobs, parse_sweeps
 from .summary import write_summary
+from .core import did_you_mean
 
 # %% auto #0
 __all__ = ['SHARED', 'stage_files', 'parse_overrides', 'stage_params', 'notebook_parameters', 'is_done', 'changed_params',
@@ -45,8 +46,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         if not sep or not key: raise ValueError(f'--set {item!r}: expected key=value or stage.key=value')
         stage, _, param = key.rpartition('.')
         if stage and stage not in names:
-            close = difflib.get_close_matches(stage, names, 1)
-            raise ValueError(f'--set {item!r}: no stage {stage!r}' + (f'; did you mean {close[0]!r}?' if close else f'; stages are {sorted(names)}'))
+            raise ValueError(f'--set {item!r}: no stage {stage!r}; ' + did_you_mean(stage, names, f'stages are {sorted(names)}'))
         out.setdefault(stage or '*', {})[param] = yaml.safe_load(value)
     return out
 
@@ -136,10 +136,9 @@ def check_overrides(stages: list[Stage], overrides: dict, declared: dict[str, di
                     if name in declared[s.name]:
                         check_value(f"{flag} {'' if key == '*' else key + '.'}{name}", values[name], declared[s.name][name], s)
                 continue
-            close = difflib.get_close_matches(name, known, 1)
             where = 'no notebook of this suite has' if key == '*' else f'stage {key} ({targets[0].notebook}) has no'
             raise SuiteError(f"{flag} {'' if key == '*' else key + '.'}{name}: {where} parameter {name!r}; "
-                             + (f'did you mean {close[0]!r}?' if close else f'its parameters are {sorted(known)}'))
+                             + did_you_mean(name, known, f'its parameters are {sorted(known)}'))
 
 # %% ../nbs/92_suite.ipynb #sui0cv01
 def check_values(params: dict[str, dict]) -> None:

@@ -5,14 +5,15 @@
 # %% ../nbs/00ba_zoo.ipynb #8d240d36
 from __future__ import annotations
 from typing import Callable
-import difflib, math
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .models import VGG, VGG_CFGS, VGGOutput, count_parameters
+from .core import did_you_mean
+from .models import VGG, VGG_CFGS, VGGOutput
 
 # %% auto #0
-__all__ = ['ARCHS', 'BasicBlock', 'ResNet', 'PreActBlock', 'WideResNet', 'check_arch', 'build_model']
+__all__ = ['ARCHS', 'BasicBlock', 'StagedNet', 'ResNet', 'PreActBlock', 'WideResNet', 'check_arch', 'build_model']
 
 # %% ../nbs/00ba_zoo.ipynb #78a06f32
 def _ch(c: int, width: float) -> int: return max(1, round(c * width))
@@ -28,31 +29,43 @@ class BasicBlock(nn.Module):
     def forward(self, x): return F.relu(self.branch(x) + self.shortcut(x))
 
 # %% ../nbs/00ba_zoo.ipynb #60fb06a2
-class ResNet(nn.Module):
-    "CIFAR ResNet of `depth` = 6n+2 with stage widths `filters` (RepDistiller's `resnet.py` layout); `width` scales every layer."
-    def __init__(self, arch: str, depth: int, filters: tuple[int, int, int, int], num_classes: int = 100, width: float = 1.0):
+class StagedNet(nn.Module):
+    """The frame both families share: a stem, three stages of `n` blocks (the first block of the second and third
+    halving the resolution), a head, global average pooling and the classifier. `blocks` are the stem's and each
+    stage's outputs."""
+    def __init__(self, arch: str, width: float, num_classes: int,
+                 stem: nn.Module,          # its output has widths[0] channels
+                 block: type,              # block(c_in, c_out, stride)
+                 widths: list[int],        # the stem's channels, then each stage's
+                 n: int,                   # blocks a stage
+                 head: nn.Module):         # after the last stage, before the pooling
         super().__init__()
-        if (depth - 2) % 6: raise ValueError(f'depth={depth}: a CIFAR ResNet has depth 6n+2')
         self.arch, self.width, self.num_classes = arch, width, num_classes
-        c = [_ch(f, width) for f in filters]
-        self.stem = nn.Sequential(nn.Conv2d(3, c[0], 3, padding=1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True))
-        n, stages, c_in = (depth - 2) // 6, [], c[0]
-        for i, c_out in enumerate(c[1:]):
-            stages.append(nn.Sequential(*[BasicBlock(c_in if j == 0 else c_out, c_out, 2 if i and j == 0 else 1) for j in range(n)]))
+        self.stem, stages, c_in = stem, [], widths[0]
+        for i, c_out in enumerate(widths[1:]):
+            stages.append(nn.Sequential(*[block(c_in if j == 0 else c_out, c_out, 2 if i and j == 0 else 1) for j in range(n)]))
             c_in = c_out
-        self.stages = nn.ModuleList(stages)
+        self.stages, self.head = nn.ModuleList(stages), head
         self.classifier = nn.Linear(c_in, num_classes)
         self.embedding_dim = c_in
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, features: bool = False):
         x = self.stem(x); feats = [x]
         for s in self.stages: x = s(x); feats.append(x)
-        emb = F.adaptive_avg_pool2d(x, 1).flatten(1)      # RepDistiller: AvgPool2d(8) on the 8x8 map
+        emb = F.adaptive_avg_pool2d(self.head(x), 1).flatten(1)      # RepDistiller: AvgPool2d(8) on the 8x8 map
         logits = self.classifier(emb)
         return VGGOutput(logits, feats, emb) if features else logits
+
+class ResNet(StagedNet):
+    "CIFAR ResNet of `depth` = 6n+2 with stage widths `filters` (RepDistiller's `resnet.py` layout); `width` scales every layer."
+    def __init__(self, arch: str, depth: int, filters: tuple[int, int, int, int], num_classes: int = 100, width: float = 1.0):
+        if (depth - 2) % 6: raise ValueError(f'depth={depth}: a CIFAR ResNet has depth 6n+2')
+        c = [_ch(f, width) for f in filters]
+        stem = nn.Sequential(nn.Conv2d(3, c[0], 3, padding=1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True))
+        super().__init__(arch, width, num_classes, stem, BasicBlock, c, (depth - 2) // 6, nn.Identity())
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
     @property
     def last_conv_block(self) -> nn.Module: return self.stages[-1]
@@ -71,33 +84,17 @@ class PreActBlock(nn.Module):
         return self.branch(a) + (x if self.shortcut is None else self.shortcut(a))
 
 # %% ../nbs/00ba_zoo.ipynb #d41e00a4
-class WideResNet(nn.Module):
+class WideResNet(StagedNet):
     "WRN-`depth`-`k` for CIFAR (RepDistiller's `wrn.py` layout, no dropout); `width` scales every layer."
     def __init__(self, arch: str, depth: int, k: int, num_classes: int = 100, width: float = 1.0):
-        super().__init__()
         if (depth - 4) % 6: raise ValueError(f'depth={depth}: a WRN has depth 6n+4')
-        self.arch, self.width, self.num_classes = arch, width, num_classes
         c = [_ch(f, width) for f in (16, 16 * k, 32 * k, 64 * k)]
-        self.stem = nn.Conv2d(3, c[0], 3, padding=1, bias=False)
-        n, stages, c_in = (depth - 4) // 6, [], c[0]
-        for i, c_out in enumerate(c[1:]):
-            stages.append(nn.Sequential(*[PreActBlock(c_in if j == 0 else c_out, c_out, 2 if i and j == 0 else 1) for j in range(n)]))
-            c_in = c_out
-        self.stages = nn.ModuleList(stages)
-        self.head = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(c_in, num_classes)
-        self.embedding_dim = c_in
+        super().__init__(arch, width, num_classes, nn.Conv2d(3, c[0], 3, padding=1, bias=False), PreActBlock, c,
+                         (depth - 4) // 6, nn.Sequential(nn.BatchNorm2d(c[-1]), nn.ReLU(inplace=True)))
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.normal_(m.weight, 0, math.sqrt(2 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
             elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear): nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor, features: bool = False):
-        x = self.stem(x); feats = [x]
-        for s in self.stages: x = s(x); feats.append(x)
-        emb = F.adaptive_avg_pool2d(self.head(x), 1).flatten(1)
-        logits = self.classifier(emb)
-        return VGGOutput(logits, feats, emb) if features else logits
 
     @property
     def last_conv_block(self) -> nn.Module: return self.head
@@ -113,8 +110,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 def check_arch(arch: str) -> str:
     "`arch` if the zoo has it; a ValueError naming the closest one otherwise."
     if arch in ARCHS: return arch
-    close = difflib.get_close_matches(arch, ARCHS, 1)
-    raise ValueError(f'unknown arch {arch!r}' + (f'; did you mean {close[0]!r}?' if close else f'; choose one of {list(ARCHS)}'))
+    raise ValueError(f'unknown arch {arch!r}; ' + did_you_mean(arch, ARCHS, f'choose one of {list(ARCHS)}'))
 
 def build_model(arch: str,                 # a name of `ARCHS`: vgg8..vgg19, resnet8..resnet110, resnet8x4, resnet32x4, wrn_16_1..wrn_40_2
                 num_classes: int = 100,    # outputs of the classifier
