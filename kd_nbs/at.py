@@ -5,7 +5,6 @@
 # %% ../nbs/12_at.ipynb #4935fbb4
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from .engine import Method
 

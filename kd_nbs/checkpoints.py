@@ -50,7 +50,7 @@ def load_state(module: nn.Module, state: dict, path, what: str = 'model') -> Non
                               + ' '.join(str(e).split())[:600]) from None
 
 # %% ../nbs/00c_checkpoints.ipynb #9cf23628
-def load_model(path: str | os.PathLike, device='cpu', arch: str | None = None) -> tuple[VGG, dict]:
+def load_model(path: str | os.PathLike, device='cpu', arch: str | None = None) -> tuple[nn.Module, dict]:
     """The network (a VGG or any other of the zoo, `00ba_zoo`) saved in a checkpoint (architecture and width from its `model_config`), and the checkpoint.
     `arch`, when given, is what the caller expects; anything a checkpoint says that does not fit is an error naming it."""
     ck = load_checkpoint(path)

@@ -5,7 +5,6 @@
 # %% ../nbs/18_dist.ipynb #9d599242
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from .engine import Method
 from .at import wide

@@ -5,9 +5,7 @@
 # %% ../nbs/17_nst.ipynb #27f5b6ae
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from .engine import Method
 from .at import WeightedTerm, match_spatial, stage_pairs, wide
 
 # %% auto #0

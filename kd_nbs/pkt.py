@@ -5,9 +5,6 @@
 # %% ../nbs/16_pkt.ipynb #04e7b33c
 from __future__ import annotations
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from .engine import Method
 from .at import WeightedTerm, wide
 
 # %% auto #0

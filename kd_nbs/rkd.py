@@ -5,9 +5,7 @@
 # %% ../nbs/15_rkd.ipynb #b5d11f50
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from .engine import Method
 from .at import WeightedTerm, wide
 
 # %% auto #0

@@ -5,9 +5,7 @@
 # %% ../nbs/13_sp.ipynb #d7503a3b
 from __future__ import annotations
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from .engine import Method
 from .at import WeightedTerm, wide
 
 # %% auto #0

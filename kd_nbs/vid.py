@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .engine import Method
 import math
 from .at import WeightedTerm, match_spatial, stage_pairs, wide
 from .models import feature_shapes

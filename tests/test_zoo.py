@@ -5,7 +5,7 @@ import pytest
 import torch
 from kd_nbs.zoo import ARCHS, build_model
 from kd_nbs.models import count_parameters, feature_shapes, fold_bn
-from kd_nbs.registry import METHODS, REGISTRY, STUDY_METHODS
+from kd_nbs.registry import METHODS, STUDY_METHODS
 from kd_nbs.engine import Trainable, TrainConfig, make_optimizer, prepare_teacher, train_step
 from kd_nbs.checkpoints import load_model, save_atomic
 
