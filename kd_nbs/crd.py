@@ -125,7 +125,8 @@ class CRD(Method):
         return cls(feature_shapes(student)[-1][0], feature_shapes(teacher)[-1][0], n_data, **kw)
 
     @classmethod
-    def build(cls, student, teacher, n_data, labels) -> CRD: return cls.between(student, teacher, n_data, labels=labels)
+    def build(cls, student, teacher, n_data, labels, **hparams) -> CRD:
+        return cls.between(student, teacher, n_data, labels=labels, **hparams)
 
     def _sync(self, *ts):
         "Under DDP every rank updates the banks with every rank's batch."

@@ -35,9 +35,9 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def build(cls, student: nn.Module, teacher: nn.Module | None, n_data: int, labels: torch.Tensor) -> Method:
-        "The method with its defaults for this pair and training set (the GPU check builds every method so); the default: `cls()`."
-        return cls()
+    def build(cls, student: nn.Module, teacher: nn.Module | None, n_data: int, labels: torch.Tensor, **hparams) -> Method:
+        "The method for this pair and training set, `hparams` replacing its defaults (the GPU check and the benchmark build every method so); the default: `cls(**hparams)`."
+        return cls(**hparams)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         "Called before each epoch (0-based); the default does nothing."

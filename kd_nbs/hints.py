@@ -42,7 +42,7 @@ class Hints(Method):
         return cls(s[layer][0], t[layer][0], layer, weight)
 
     @classmethod
-    def build(cls, student, teacher, n_data, labels) -> Hints: return cls.between(student, teacher)
+    def build(cls, student, teacher, n_data, labels, **hparams) -> Hints: return cls.between(student, teacher, **hparams)
 
     def hint_loss(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self.regressor(f_s).float(), f_t.float())

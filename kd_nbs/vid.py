@@ -53,7 +53,7 @@ class VID(WeightedTerm):
         return cls([c[0] for c in s], [c[0] for c in t], **kw)
 
     @classmethod
-    def build(cls, student, teacher, n_data, labels) -> VID: return cls.between(student, teacher)
+    def build(cls, student, teacher, n_data, labels, **hparams) -> VID: return cls.between(student, teacher, **hparams)
 
     def term(self, student, teacher):
         return sum(r(s, t.detach()) for r, (s, t) in zip(self.regressors, stage_pairs(student, teacher)))
