@@ -26,13 +26,21 @@ __all__ = ['ROLES', 'PRESETS', 'CUDA_COMPILE', 'RUN_PARAMS', 'resolve_device', '
 
 # %% ../nbs/00g_runs.ipynb #18acdd96
 ROLES = ('teacher', 'student', 'finetune')
-_COMMON = dict(momentum=0.9, weight_decay=5e-4, schedule='cosine')
+# milestones: where the 'step' schedule multiplies the learning rate by 0.1, as fractions of the run's epochs: RepDistiller's
+# and mdistiller's 150, 180 and 210 of 240 (train_student.py --lr_decay_epochs; cfg.py SOLVER.LR_DECAY_STAGES), so a
+# shorter run keeps their shape.
+_COMMON = dict(momentum=0.9, weight_decay=5e-4, schedule='cosine', milestones=(0.625, 0.75, 0.875))
 # method_defaults: hyperparameters a method notebook leaves to the preset (None there). DKD's `warmup` ramps its
 # loss in over 20 of 200 epochs (mdistiller), a tenth of the training: gpu-short's over 2 of 20; the CPU presets, of
 # 1-2 student epochs, over one.
 # gpu-short: the paper's recipe at full width, with epochs cut so that one seed of the whole study fits one GPU lease
 # (projected at 6.4 min on one H200 from the GPU check's figures, 94a_gpucheck; 25 epochs: 7.2); the colour fine-tune keeps the
 # paper's ratio of a fifth of the teacher's epochs.
+# benchmark: the anchors' CIFAR-100 recipe for the benchmark study (RepDistiller train_teacher.py / train_student.py,
+# mdistiller configs/cifar100/*.yaml): 240 epochs, batch 64, SGD lr 0.05, x0.1 at 150, 180 and 210; DKD's warm-up 20
+# epochs (mdistiller cfg.py DKD.WARMUP). benchmark-quick: that recipe at a quarter width on 300 batches (19,200 images)
+# an epoch, sized for two pairs and every method in under 30 min on 2 cores (a 2-core AMX host trains VGG-8 at width
+# 0.25 at 900 images/s on one core, ResNet-32x4 at 180).
 PRESETS: dict[str, dict] = {
     'smoke': dict(width=0.125, batch_size=64, epochs=dict(teacher=1, student=1, finetune=1),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=True, warmup_epochs=0.0,
@@ -46,6 +54,14 @@ PRESETS: dict[str, dict] = {
     'paper': dict(width=1.0, batch_size=128, epochs=dict(teacher=200, student=200, finetune=40),
                   lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
                   max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=20), **_COMMON),
+    'benchmark': dict(width=1.0, batch_size=64, epochs=dict(teacher=240, student=240, finetune=40),
+                      lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
+                      max_batches=None, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=20),
+                      **dict(_COMMON, schedule='step')),
+    'benchmark-quick': dict(width=0.25, batch_size=64, epochs=dict(teacher=3, student=2, finetune=1),
+                            lr=dict(teacher=0.05, student=0.05, finetune=0.01), nesterov=False, warmup_epochs=0.0,
+                            max_batches=300, eval_batches=None, eval_limit=None, method_defaults=dict(warmup=1),
+                            **dict(_COMMON, schedule='step')),
 }
 
 # %% ../nbs/00g_runs.ipynb #runs0dv1
@@ -224,12 +240,14 @@ def setup_run(role: str = 'student',             # teacher | student | finetune:
     _need('lr', lr, lr is None or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0),
           'must be a positive, finite number')
     _need('width', width, width is None or (isinstance(width, (int, float)) and 0 < width <= 8), 'must lie in (0, 8]')
-    _need('schedule', schedule, schedule in (None, 'cosine', 'step'), "choose 'cosine' or 'step' (milestones 150, 180, 210)")
+    _need('schedule', schedule, schedule in (None, 'cosine', 'step'), "choose 'cosine' or 'step' (x0.1 at 5/8, 3/4 and 7/8 of the epochs)")
     _need('seed', seed, isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, 'must be a non-negative integer')
     width = float(width or p['width'])
-    cfg = TrainConfig(epochs=epochs or p['epochs'][role], batch_size=batch_size or p['batch_size'],
+    epochs = epochs or p['epochs'][role]
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size or p['batch_size'],
                       lr=float(lr or p['lr'][role]), momentum=p['momentum'], nesterov=p['nesterov'],
                       weight_decay=p['weight_decay'], schedule=schedule or p['schedule'], warmup_epochs=p['warmup_epochs'],
+                      milestones=[round(f * epochs) for f in p['milestones']],
                       seed=seed, max_batches=p['max_batches'], eval_batches=p['eval_batches'], device=device,
                       **speed_choices(device, width, batch_size or p['batch_size'], amp, compile))
     out = Path(out_dir) if out_dir else default_out_dir()
