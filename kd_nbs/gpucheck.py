@@ -13,7 +13,7 @@ import torch
 from .data import CIFAR100, NUM_CLASSES, load_cifar100, normalize
 from .models import VGG
 from .core import dataclass_parser
-from .registry import REGISTRY
+from .benchmark import method_class   # the registry row's class, as the benchmark builds it
 from .runs import resolve_device, gpu_memory_gb
 from .schedule import gpu_slots
 from .projection import ROWS, DISTILLERS, best_rows, summarize_check, print_report
@@ -22,16 +22,9 @@ from .engine import (TrainConfig, CrossEntropy, Trainable, Stepper, make_optimiz
                            evaluate_epoch, steps_per_epoch, fit, predict, COMPILE_MODES)
 
 # %% auto #0
-__all__ = ['PROFILE_STEPS', 'EQUAL_RTOL', 'method_class', 'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step',
-           'measure_anchor', 'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_specs', 'measure_sharing',
-           'CheckConfig', 'gpu_check', 'main']
-
-# %% ../nbs/94a_gpucheck.ipynb #f5a5df70
-def method_class(name: str | None) -> type:
-    "The `Method` class of registry row `name` (cross-entropy, SI's, for a teacher's row: `None`), imported from where the row says."
-    import importlib
-    module, _, attr = REGISTRY[name or 'si'].cls.partition(':')
-    return getattr(importlib.import_module(module), attr)
+__all__ = ['PROFILE_STEPS', 'EQUAL_RTOL', 'check_data', 'build_row', 'measure_row', 'kernel_us', 'profile_step', 'measure_anchor',
+           'measure_share', 'sanity_run', 'compiled_vs_eager', 'run_specs', 'measure_sharing', 'CheckConfig',
+           'gpu_check', 'main']
 
 # %% ../nbs/94a_gpucheck.ipynb #69c1e85d
 def check_data(device: str, n_train: int = 50_000, n_test: int = 10_000, data_dir: str | None = None,

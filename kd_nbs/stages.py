@@ -5,12 +5,14 @@
 # %% ../nbs/00f_stages.ipynb #62271c6c
 from __future__ import annotations
 from dataclasses import dataclass, field
-from .registry import REGISTRY, STUDY_METHODS
+from .core import did_you_mean
+from .registry import METHODS, REGISTRY, STUDY_METHODS
 
 # %% auto #0
-__all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'MODELS', 'TEACHER_STAGES', 'REPORT_TITLES', 'Model', 'Stage',
-           'stage', 'stages_named', 'producer', 'depends_on', 'teacher_name', 'student_name', 'display_name',
-           'teacher_command']
+__all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'TEACHER_STAGES', 'PAIRS', 'BENCH_METHODS', 'BENCH_HPARAMS',
+           'PAIR_HPARAMS', 'BENCH_STAGES', 'ALL_STAGES', 'MODELS', 'REPORT_TITLES', 'STUDIES', 'Model', 'Stage',
+           'bench_hparams', 'bench_name', 'bench_stages', 'study_stages', 'stage', 'stages_named', 'producer',
+           'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
 
 # %% ../nbs/00f_stages.ipynb #5017bd7b
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class Model:
     label: str                       # in tables, figures and the website
     method: str | None = None        # the method notebook's short name (students)
     teacher: str | None = None       # the teacher it was distilled from
-    arch: str = 'vgg11'              # its VGG (what a checkpoint under this name must hold)
+    arch: str = 'vgg11'              # its network, a name of the zoo (what a checkpoint under this name must hold)
     role: str = 'student'            # teacher | student | finetune: which of a preset's epochs and learning rates it trains with
 
 # %% ../nbs/00f_stages.ipynb #stg0st01
@@ -79,28 +81,98 @@ STAGES: tuple[Stage, ...] = (
           ('distillation_grad_cam_comparison.png', 'cam_similarity.csv'), (T16, 'student_si', 'student_lm', 'student_hints', 'student_crd'),
           reads_param='models'),
 )
-MODELS: dict[str, Model] = {m.name: m for s in STAGES for m in s.models}
 TEACHER_STAGES = {'vgg16': 'teacher_vgg16', 'vgg19': 'teacher_vgg19', 'color_invariant': 'color_train'}   # teacher= values
-REPORT_TITLES: dict[str, str] = {s.report: s.title for s in STAGES}   # executed notebook → page title
+
+
+# %% ../nbs/00f_stages.ipynb #6c503dfc
+# CRD's Table 1 (RepDistiller README, "Benchmark Results on CIFAR-100", same architecture type): teacher → student
+PAIRS: tuple[tuple[str, str], ...] = (('wrn_40_2', 'wrn_16_2'), ('wrn_40_2', 'wrn_40_1'), ('resnet56', 'resnet20'),
+                                      ('resnet110', 'resnet20'), ('resnet110', 'resnet32'), ('resnet32x4', 'resnet8x4'),
+                                      ('vgg13', 'vgg8'))
+BENCH_METHODS = tuple(m.name for m in METHODS if m.needs_teacher)   # every distillation method; SI is each pair's student row
+BENCH_HPARAMS: dict[str, dict] = {
+    'lm': dict(alpha=0.1),      # RepDistiller scripts/run_cifar_distill.sh `--distill kd -r 0.1 -a 0.9`: CE 0.1, KD 0.9
+    'dkd': dict(warmup=None),   # the preset's ramp: mdistiller cfg.py DKD.WARMUP 20 (of 240 epochs)
+}
+# mdistiller configs/cifar100/dkd/<pair>.yaml DKD.BETA; resnet32x4 → resnet8x4 keeps cfg.py's 8.0, and resnet110 →
+# resnet20, which has no config, takes its ResNet siblings' 2.0
+PAIR_HPARAMS: dict[tuple[str, str], dict] = {
+    **{p: {'dkd': dict(beta=6.0)} for p in (('wrn_40_2', 'wrn_16_2'), ('wrn_40_2', 'wrn_40_1'), ('vgg13', 'vgg8'))},
+    **{p: {'dkd': dict(beta=2.0)} for p in (('resnet56', 'resnet20'), ('resnet110', 'resnet20'), ('resnet110', 'resnet32'))},
+}
+
+# %% ../nbs/00f_stages.ipynb #5d6101f8
+def bench_hparams(method: str, pair: tuple[str, str]) -> dict:
+    "What the benchmark gives `method` on `pair` (teacher, student) beyond the method's defaults."
+    return {**BENCH_HPARAMS.get(method, {}), **PAIR_HPARAMS.get(pair, {}).get(method, {})}
+
+# %% ../nbs/00f_stages.ipynb #6dade7a6
+def bench_name(arch: str, method: str | None = None, teacher: str | None = None, role: str = 'student') -> str:
+    "`benchmark_teacher_vgg13`; `benchmark_vgg8` (trained alone); `benchmark_vgg8_crd_from_vgg13`: stage and checkpoint at once."
+    if role == 'teacher': return f'benchmark_teacher_{arch}'
+    return f'benchmark_{arch}' + (f'_{method}_from_{teacher}' if method else '')
+
+# %% ../nbs/00f_stages.ipynb #08d06b8e
+def bench_stages(pairs: tuple[tuple[str, str], ...] = PAIRS,   # (teacher, student) archs of the zoo
+                 methods: tuple[str, ...] = BENCH_METHODS,      # registry names
+                 ) -> tuple[Stage, ...]:
+    "The benchmark's stage table: each teacher, each student alone, then every (pair, method) student, in that order."
+    nb = '19_benchmark.ipynb'
+    teachers = tuple(Stage(n := bench_name(t, role='teacher'), nb, f'Benchmark: teacher {t}',
+                           (Model(n, f'Teacher {t}', arch=t, role='teacher'),), params={'arch': t, 'role': 'teacher'})
+                     for t in dict.fromkeys(t for t, _ in pairs))
+    alone = tuple(Stage(n := bench_name(s), nb, f'Benchmark: student {s} alone', (Model(n, f'Student {s}', 'si', arch=s),),
+                        params={'arch': s}) for s in dict.fromkeys(s for _, s in pairs))
+    distilled = tuple(Stage(n := bench_name(s, m, t), nb, f'Benchmark: {REGISTRY[m].label}, {t} → {s}',
+                            (Model(n, f'{REGISTRY[m].label} ({t} → {s})', m, t, s),), reads=(bench_name(t, role='teacher'),),
+                            params={'arch': s, 'teacher': t, 'method': m, 'hparams': bench_hparams(m, (t, s))})
+                      for t, s in pairs for m in methods)
+    return teachers + alone + distilled
+
+BENCH_STAGES = bench_stages()                 # the whole grid: 5 teachers, 6 students alone, 77 distilled
+ALL_STAGES = STAGES + BENCH_STAGES            # what names resolve against: --only, --set, producers, page titles
+MODELS: dict[str, Model] = {m.name: m for s in ALL_STAGES for m in s.models}
+REPORT_TITLES: dict[str, str] = {s.report: s.title for s in ALL_STAGES}   # executed notebook → page title
+
+# %% ../nbs/00f_stages.ipynb #a407f4c8
+STUDIES = ('vgg', 'benchmark')   # the seed's VGG-16/19 → VGG-11 study; the published pairs
+
+def study_stages(study: str = 'vgg',                 # a name of STUDIES
+                 pairs: list[str] | None = None,     # benchmark pairs as 'teacher:student' (None: all of PAIRS)
+                 methods: list[str] | None = None,   # benchmark methods, registry names (None: all of BENCH_METHODS)
+                 ) -> tuple[Stage, ...]:
+    "The stage table a run of `study` starts from; a ValueError naming the closest name for a study, pair or method that is not one."
+    if study not in STUDIES: raise ValueError(f'--study {study!r}: ' + did_you_mean(study, STUDIES, f'studies are {list(STUDIES)}'))
+    if study == 'vgg':
+        if pairs or methods: raise ValueError("--pairs and --methods choose the benchmark's grid: add --study benchmark")
+        return STAGES
+    named = {f'{t}:{s}': (t, s) for t, s in PAIRS}
+    for p in pairs or ():
+        if p not in named: raise ValueError(f'--pairs {p}: not a pair of the benchmark; ' + did_you_mean(p, named, f'pairs are {list(named)}'))
+    for m in methods or ():
+        if m not in BENCH_METHODS:
+            raise ValueError(f'--methods {m}: not a distillation method; ' + did_you_mean(m, BENCH_METHODS, f'methods are {list(BENCH_METHODS)}'))
+    return bench_stages(tuple(named[p] for p in dict.fromkeys(pairs)) if pairs else PAIRS,
+                        tuple(dict.fromkeys(methods)) if methods else BENCH_METHODS)
 
 # %% ../nbs/00f_stages.ipynb #3a601a7f
 def stage(name: str) -> Stage:
-    "The stage called `name`."
-    for s in STAGES:
+    "The stage called `name`, in either study."
+    for s in ALL_STAGES:
         if s.name == name: return s
-    raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}')
+    raise KeyError(f'no stage {name!r}; ' + did_you_mean(name, [s.name for s in ALL_STAGES], f'stages are {[s.name for s in STAGES]}'))
 
 # %% ../nbs/00f_stages.ipynb #stg0sn01
-def stages_named(name: str) -> tuple[Stage, ...]:
-    "The stages `name` means in `--only` and `--set`: the stage of that name, or every stage of that group."
-    found = tuple(s for s in STAGES if name in (s.name, s.group))
-    if not found: raise KeyError(f'no stage {name!r}; stages are {[s.name for s in STAGES]}, groups {sorted({s.group for s in STAGES if s.group})}')
+def stages_named(name: str, pool: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    "The stages of `pool` (a study's table) `name` means in `--only` and `--set`: the stage of that name, or every stage of that group."
+    found = tuple(s for s in pool if name in (s.name, s.group))
+    if not found: raise KeyError(f'no stage {name!r}; stages are {[s.name for s in pool]}, groups {sorted({s.group for s in pool if s.group})}')
     return found
 
 # %% ../nbs/00f_stages.ipynb #stg0pr01
 def producer(model: str) -> Stage:
     "The stage that trains `model`."
-    for s in STAGES:
+    for s in ALL_STAGES:
         if any(m.name == model for m in s.models): return s
     raise KeyError(f'no stage trains {model!r}')
 
