@@ -7,14 +7,14 @@ from __future__ import annotations
 import json, re, shutil, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
-from .stages import REPORT_TITLES, T16, T19
+from .stages import MODELS, REPORT_TITLES
 from .findings import findings, published_comparison
 from .figures import draw_figures
 from .summary import write_summary
 
 # %% auto #0
 __all__ = ['CAM', 'CAM_FINE', 'HEADLINES', 'SITE_CSS', 'findings_section', 'run_line', 'data_note', 'published_section',
-           'home_page', 'reader_notebook', 'book_config', 'build_site']
+           'benchmark_section', 'home_page', 'reader_notebook', 'book_config', 'build_site']
 
 # %% ../nbs/91b_site.ipynb #66e3957f
 CAM, CAM_FINE = 'distillation_grad_cam_comparison.png', 'distillation_grad_cam_block2.png'   # written by 11_gradcam
@@ -50,8 +50,8 @@ def run_line(summary: dict) -> str:
     scale = ''
     if not acc.empty:
         widths = sorted(acc.width.dropna().unique())
-        teacher = acc.model.isin([T16, T19])
-        e_t, e_s = (sorted(acc.epochs[m].unique()) for m in (teacher, ~teacher & acc.model.str.startswith('student_')))
+        role = acc.model.map(lambda m: MODELS[m].role if m in MODELS else None)
+        e_t, e_s = (sorted(acc.epochs[role == r].unique()) for r in ('teacher', 'student'))
         fmt = lambda e: ('/'.join(map(str, e)) or '–') + (' epoch' if list(e) == [1] else ' epochs')
         scale = (', full width' if widths == [1.0] else f', width {"/".join(f"{w:g}" for w in widths)}') + (
             f', {fmt(e_t)}' if e_t == e_s else f', teachers {fmt(e_t)}, students {fmt(e_s).removesuffix(" epochs").removesuffix(" epoch")}')
@@ -83,20 +83,38 @@ def published_section(summary: dict) -> list[str]:
             '(Zhao et al., CVPR 2022, Table 1). This run\'s scale is in the last column; its gains are over SI, VGG-16 → VGG-11.',
             '', md(scratch), '', md(gains), '']
 
+# %% ../nbs/91b_site.ipynb #aec1d430
+def benchmark_section(summary: dict) -> list[str]:
+    "Markdown lines: the benchmark's table at the best and at the last epoch, each beside the published numbers; none outside a benchmark run."
+    t = summary['tables']
+    if 'benchmark' not in t: return []
+    md = lambda k: pd.DataFrame(t[k]).to_markdown(index=False, disable_numparse=True)
+    return ['## Ours beside the published numbers', '',
+            'Rows are methods, columns the pairs that ran (teacher → student). Each cell: ours (mean ± std over the seeds '
+            'that ran) · the published top-1 (`benchmarks/published/cifar100.csv`: RepDistiller\'s README for CRD\'s '
+            'table, mdistiller\'s for DKD) and (our gap to it), **bold** where the gap is larger than the seed spread (one '
+            'seed has no spread: nothing is marked); — where the cell did not run. LM is Hinton\'s KD. The published '
+            'numbers are full width and 240 epochs; the run\'s scale is in the line above.', '',
+            "### At each run's best epoch", '', 'What mdistiller reports (its issue #30): the comparison for its DKD row.', '',
+            md('benchmark'), '', '### At its last epoch', '',
+            "What RepDistiller's README reports (its issue #16): the comparison for its rows.", '', md('benchmark_last'), '']
+
 # %% ../nbs/91b_site.ipynb #code_home
 def home_page(summary: dict, notebooks: list[Path], figures: dict[str, str]) -> str:
-    "Markdown of the home page: findings, each figure above its table, published numbers, links to every notebook."
-    lines = ['# Knowledge distillation on CIFAR-100: results', '', *data_note(summary),
-             'VGG-16/19 teachers, VGG-11 students. ' + run_line(summary) + (' Mean ± std over seeds; error bars show the std.'
+    "Markdown of the home page: findings (the benchmark's table in a benchmark run), each figure above its table, published numbers, links to every notebook."
+    bench = summary['config'].get('study') == 'benchmark'
+    lines = ['# ' + ('The CIFAR-100 distillation benchmark: results' if bench else 'Knowledge distillation on CIFAR-100: results'), '',
+             *data_note(summary),
+             ("The published teacher–student pairs (CRD's Table 1). " if bench else 'VGG-16/19 teachers, VGG-11 students. ') + run_line(summary) + (' Mean ± std over seeds; error bars show the std.'
                                                                           if len(summary['seeds']) > 1 else ''), '']
-    lines += findings_section(summary)
+    lines += benchmark_section(summary) if bench else findings_section(summary)
     for key, title, fig, note in HEADLINES:
         if key not in summary['tables'] and fig not in figures: continue
         lines += [f'## {title}', '', note, '']
         if fig in figures: lines += [f'![{title}]({figures[fig]})', '']
         if fig == 'cam' and 'cam_fine' in figures: lines += [f'![Grad-CAM, a finer block]({figures["cam_fine"]})', '']
         if key in summary['tables']: lines += [pd.DataFrame(summary['tables'][key]).to_markdown(index=False), '']
-    lines += published_section(summary)
+    lines += [] if bench else published_section(summary)
     lines += ['## The notebooks', ''] + [f'- [{REPORT_TITLES.get(nb.name, nb.stem)}](notebooks/{nb.name})' for nb in notebooks]
     return '\n'.join(lines) + '\n'
 
@@ -190,7 +208,7 @@ def build_site(run_dir: str | Path,                  # a `kd-nbs run` folder, wi
     (book/'_config.yml').write_text(book_config(summary['config']))
     (book/'_static').mkdir(exist_ok=True)
     (book/'_static'/'kd-nbs.css').write_text(SITE_CSS)
-    toc = 'format: jb-book\nroot: index\nchapters:\n' + ''.join(f'- file: notebooks/{nb.stem}\n' for nb in notebooks)
+    toc = 'format: jb-book\nroot: index\n' + ('chapters:\n' if notebooks else '') + ''.join(f'- file: notebooks/{nb.stem}\n' for nb in notebooks)
     (book/'_toc.yml').write_text(toc)
     exe = Path(sys.executable).parent/'jupyter-book'
     r = subprocess.run([str(exe if exe.exists() else 'jupyter-book'), 'build', str(book)], capture_output=True, text=True)

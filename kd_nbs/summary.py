@@ -10,6 +10,7 @@ import pandas as pd
 from .core import write_text_atomic
 from .stages import display_name
 from .sweeps import SWEEP_COLUMNS, sweep_table
+from .benchmark import benchmark_tables
 
 # %% auto #0
 __all__ = ['TABLES', 'SORT_BY', 'best_epoch', 'accuracy_table', 'data_sources', 'collect', 'mean_std', 'summarize',
@@ -87,6 +88,7 @@ def write_summary(run_dir: Path, seed_dirs: dict[int, Path], config: dict, missi
     models were trained on) and `summary.md`."""
     tables = collect(seed_dirs)
     summary = summarize(tables)
+    if 'accuracy' in tables: summary.update(benchmark_tables(tables['accuracy']))   # the benchmark study's tables, beside the published numbers
     write_text_atomic(json.dumps({'config': config, 'seeds': list(seed_dirs), 'missing': missing or {},
                                   'data': data_sources(seed_dirs),
                                   'per_seed': {k: v.to_dict('records') for k, v in tables.items()},
