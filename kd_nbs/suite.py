@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .runs import (PRESETS, project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, stage_epochs,
                          hardware, RUN_PARAMS)
-from .stages import Stage, STAGES, MODELS, display_name, producer, stage, stages_named
+from .stages import Stage, STAGES, ALL_STAGES, MODELS, STUDIES, display_name, producer, stage, stages_named, study_stages
 from .checkpoints import params_diff, run_files
 from .schedule import Executor, Job, Progress, capacity, chains, graph, gpu_slots, run_jobs, SuiteError
 from .executors import InlineExecutor, LocalExecutor, import_papermill, _stamp
@@ -40,7 +40,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     "`['lm.alpha=0.9', 'epochs=3']` → `{'lm': {'alpha': 0.9}, '*': {'epochs': 3}}`."
     import yaml
     out: dict[str, dict] = {}
-    names = {s.name for s in STAGES} | {s.group for s in STAGES if s.group}   # a group's name sets all its stages
+    names = {s.name for s in ALL_STAGES} | {s.group for s in ALL_STAGES if s.group}   # a group's name sets all its stages
     for item in items:
         key, sep, value = item.partition('=')
         if not sep or not key: raise ValueError(f'--set {item!r}: expected key=value or stage.key=value')
@@ -148,12 +148,12 @@ def check_values(params: dict[str, dict]) -> None:
         except (ValueError, TypeError) as e: raise SuiteError(f'stage {name}: {e}') from None
 
 # %% ../nbs/92_suite.ipynb #sel00001
-def select_stages(only: list[str] | None) -> list[Stage]:
-    "The stages `--only` names (stages or groups), in the table's order; every stage for None."
-    if not only: return list(STAGES)
-    try: chosen = {s for n in only for s in stages_named(n)}
+def select_stages(only: list[str] | None, table: tuple[Stage, ...] = STAGES) -> list[Stage]:
+    "The stages of a study's `table` that `--only` names (stages or groups), in the table's order; every stage for None."
+    if not only: return list(table)
+    try: chosen = {s for n in only for s in stages_named(n, table)}
     except KeyError as e: raise SuiteError(f'--only {" ".join(only)}: {e.args[0]}') from None
-    return [s for s in STAGES if s in chosen]
+    return [s for s in table if s in chosen]
 
 # %% ../nbs/92_suite.ipynb #0491ae36
 def _writable(run_dir: Path) -> None:
@@ -216,7 +216,7 @@ def check_inputs(jobs: list[Job]) -> None:
     missing = [(j, m) for j in jobs if j.stage.models for m in j.stage.reads
                if (j.inputs or j.out_dir, m) not in made and not ((j.inputs or j.out_dir)/f'best_{m}.pth').exists()]
     if not missing: return
-    add = sorted({producer(m).name for _, m in missing}, key=[s.name for s in STAGES].index)
+    add = sorted({producer(m).name for _, m in missing}, key=[s.name for s in ALL_STAGES].index)
     raise SuiteError('these stages need models that this run does not train and their folders do not hold:\n'
                      + ''.join(f'  {_where(j.out_dir)}/{j.stage.name} ({j.stage.notebook}) needs {display_name(m)} '
                                f'(best_{m}.pth), trained by stage {producer(m).name}\n' for j, m in missing)
@@ -305,7 +305,10 @@ def cpu_paper_warning(preset: str, device: str | None, gpus: list[str] | None, e
 class SuiteConfig:
     "A suite run, as `kd-nbs run` takes it: each field is a command-line option (`--preset`, `--seeds`, `--set`, ...)."
     name: str | None = None                  # run folder under --reports, a single folder name (None: the preset's name)
-    preset: str = field(default='quick', metadata=dict(choices=[*PRESETS, 'auto']))   # quick: 1/4 width for CPUs; gpu-short: full width, 20 epochs, minutes on one GPU; paper: 200 epochs; auto: paper on CUDA
+    study: str = field(default='vgg', metadata=dict(choices=list(STUDIES)))   # vgg: the seed's VGG-16/19 → VGG-11 study; benchmark: the published pairs (--pairs, --methods)
+    pairs: list[str] | None = field(default=None, metadata=dict(metavar='TEACHER:STUDENT'))   # the benchmark's pairs (None: all seven of CRD's Table 1)
+    methods: list[str] | None = None         # the benchmark's methods, registry names (None: every distillation method)
+    preset: str = field(default='quick', metadata=dict(choices=[*PRESETS, 'auto']))   # quick: 1/4 width for CPUs; gpu-short: full width, 20 epochs, minutes on one GPU; paper: 200 epochs; benchmark: the anchors' 240-epoch recipe; benchmark-quick: it at 1/4 width on 300 batches an epoch; auto: paper on CUDA
     seeds: list[int] = field(default_factory=lambda: [0])   # one seed folder each; tables show mean ± std over them
     epochs: int | None = None                # epochs for every training notebook (None: the preset's)
     data_dir: str | None = None              # folder holding cifar-100-python/ (None: $KD_NBS_DATA, else the cache)
@@ -366,7 +369,9 @@ def run_suite(cfg: SuiteConfig | None = None,     # the run (None: the defaults)
     except ValueError as e: raise SuiteError(str(e)) from None
     run_dir = Path(cfg.reports or (root or Path.cwd())/'reports').resolve()/name
     data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
-    stages = select_stages(cfg.only)
+    try: table = study_stages(cfg.study, cfg.pairs, cfg.methods)
+    except ValueError as e: raise SuiteError(str(e)) from None
+    stages = select_stages(cfg.only, table)
     gpus = parse_gpus(cfg.gpus, cfg.executor)
     per_gpu = default_slots(gpus, cfg.device, cfg.executor) if cfg.per_gpu is None else cfg.per_gpu
     try: cap = capacity(gpus, per_gpu)
