@@ -12,7 +12,7 @@ PRESET ?= quick
 NAME   ?= $(PRESET)
 SEEDS  ?= 0
 
-.PHONY: setup report test bench export clean-reports gpu-check gpu-study device-bundle lab tensorboard clean-nbs
+.PHONY: setup report benchmark test bench export clean-reports gpu-check gpu-study device-bundle lab tensorboard clean-nbs
 
 $(VENV)/.installed: requirements.txt settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ $(VENV)/.ray: requirements-ray.txt $(VENV)/.installed
 
 report: setup
 	$(BIN)/kd-nbs run --preset $(PRESET) --name $(NAME) --seeds $(SEEDS)
+
+# The CIFAR-100 distillation benchmark (CRD's Table 1 pairs x every distillation method, nbs/19_benchmark.ipynb):
+# benchmark-quick runs two pairs at 1/4 width on a CPU; BENCH_PRESET=benchmark, the anchors' 240-epoch recipe on all
+# seven pairs (a GPU's work); BENCH_ARGS="--methods lm crd dkd" and the like narrow the grid
+BENCH_PRESET ?= benchmark-quick
+BENCH_ARGS   ?= $(if $(filter benchmark-quick,$(BENCH_PRESET)),--pairs vgg13:vgg8 resnet32x4:resnet8x4,)
+benchmark: setup
+	$(BIN)/kd-nbs run --study benchmark --preset $(BENCH_PRESET) --name $(BENCH_PRESET) --seeds $(SEEDS) $(BENCH_ARGS)
 
 test: setup $(VENV)/.ray
 	KD_NBS_PRESET=smoke $(BIN)/nbdev_test

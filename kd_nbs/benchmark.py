@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_benchmark.ipynb #cab93fe3
 from __future__ import annotations
-import importlib
+import importlib, inspect
 import kd_nbs
 from pathlib import Path
 import pandas as pd
@@ -13,7 +13,8 @@ from .registry import REGISTRY
 from .stages import BENCH_METHODS, PAIRS, bench_name
 
 # %% auto #0
-__all__ = ['PUBLISHED_CSV', 'method_class', 'check_run', 'read_published', 'benchmark_table', 'benchmark_tables']
+__all__ = ['PUBLISHED_CSV', 'method_class', 'check_run', 'method_hparams', 'cell_hparams', 'with_hparams', 'read_published',
+           'benchmark_table', 'benchmark_tables']
 
 # %% ../nbs/19_benchmark.ipynb #ad9271e3
 def method_class(name: str | None) -> type:
@@ -30,6 +31,28 @@ def check_run(method: str | None,    # a distillation method of the registry, or
         raise ValueError(f'method={method!r}: not a distillation method; ' + did_you_mean(method, BENCH_METHODS, f'choose one of {list(BENCH_METHODS)}'))
     if (method is None) != (teacher is None):
         raise ValueError(f'method={method!r}, teacher={teacher!r}: a distilled student names both; a teacher or a student alone, neither')
+
+# %% ../nbs/19_benchmark.ipynb #fb2ded04
+def method_hparams(method: str) -> dict[str, object]:
+    "The hyperparameters of `method`'s class, with their defaults: what `--set` and `--sweep` may give a benchmark cell."
+    cls = method_class(method)
+    ps = [*inspect.signature(cls.__init__).parameters.values(),
+          *(inspect.signature(cls.between).parameters.values() if hasattr(cls, 'between') else ())]
+    return {p.name: p.default for p in ps if p.default is not p.empty and p.name != 'labels'}   # labels: the data's, not a choice
+
+# %% ../nbs/19_benchmark.ipynb #e8f06637
+def cell_hparams(params: dict) -> dict[str, object]:
+    "The method hyperparameters a stage with these notebook parameters takes (a benchmark cell: its method's); none for any other."
+    return method_hparams(params['method']) if params.get('method') and 'hparams' in params else {}
+
+def with_hparams(params: dict,    # a stage's notebook parameters
+                 values: dict,    # names and values to set (`--set`, `--sweep`)
+                 ) -> dict:
+    "`params` with `values` set: in a benchmark cell, a hyperparameter of its method inside `hparams`; any other name beside."
+    hp = cell_hparams(params)
+    out = params | {k: v for k, v in values.items() if k not in hp}
+    if own := {k: v for k, v in values.items() if k in hp}: out['hparams'] = {**out['hparams'], **own}
+    return out
 
 # %% ../nbs/19_benchmark.ipynb #7b6b4156
 PUBLISHED_CSV = Path(kd_nbs.__file__).resolve().parent.parent/'benchmarks'/'published'/'cifar100.csv'   # in the checkout, beside the package

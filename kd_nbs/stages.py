@@ -11,8 +11,8 @@ from .registry import METHODS, REGISTRY, STUDY_METHODS
 # %% auto #0
 __all__ = ['T16', 'T19', 'TCI', 'STUDENT_METHODS', 'STAGES', 'TEACHER_STAGES', 'PAIRS', 'BENCH_METHODS', 'BENCH_HPARAMS',
            'PAIR_HPARAMS', 'BENCH_STAGES', 'ALL_STAGES', 'MODELS', 'REPORT_TITLES', 'STUDIES', 'Model', 'Stage',
-           'bench_hparams', 'bench_name', 'bench_stages', 'study_stages', 'stage', 'stages_named', 'producer',
-           'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
+           'bench_hparams', 'bench_name', 'bench_stages', 'study_stages', 'check_in_study', 'stage', 'stages_named',
+           'producer', 'depends_on', 'teacher_name', 'student_name', 'display_name', 'teacher_command']
 
 # %% ../nbs/00f_stages.ipynb #5017bd7b
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ def bench_name(arch: str, method: str | None = None, teacher: str | None = None,
 def bench_stages(pairs: tuple[tuple[str, str], ...] = PAIRS,   # (teacher, student) archs of the zoo
                  methods: tuple[str, ...] = BENCH_METHODS,      # registry names
                  ) -> tuple[Stage, ...]:
-    "The benchmark's stage table: each teacher, each student alone, then every (pair, method) student, in that order."
+    """The benchmark's stage table: each teacher, each student alone, then every (pair, method) student, in that order.
+    A method's cells form a group of its name, so `--only dkd` and `--set dkd.beta=4` mean every DKD cell of the grid."""
     nb = '19_benchmark.ipynb'
     teachers = tuple(Stage(n := bench_name(t, role='teacher'), nb, f'Benchmark: teacher {t}',
                            (Model(n, f'Teacher {t}', arch=t, role='teacher'),), params={'arch': t, 'role': 'teacher'})
@@ -125,7 +126,7 @@ def bench_stages(pairs: tuple[tuple[str, str], ...] = PAIRS,   # (teacher, stude
                         params={'arch': s}) for s in dict.fromkeys(s for _, s in pairs))
     distilled = tuple(Stage(n := bench_name(s, m, t), nb, f'Benchmark: {REGISTRY[m].label}, {t} → {s}',
                             (Model(n, f'{REGISTRY[m].label} ({t} → {s})', m, t, s),), reads=(bench_name(t, role='teacher'),),
-                            params={'arch': s, 'teacher': t, 'method': m, 'hparams': bench_hparams(m, (t, s))})
+                            params={'arch': s, 'teacher': t, 'method': m, 'hparams': bench_hparams(m, (t, s))}, group=m)
                       for t, s in pairs for m in methods)
     return teachers + alone + distilled
 
@@ -154,6 +155,20 @@ def study_stages(study: str = 'vgg',                 # a name of STUDIES
             raise ValueError(f'--methods {m}: not a distillation method; ' + did_you_mean(m, BENCH_METHODS, f'methods are {list(BENCH_METHODS)}'))
     return bench_stages(tuple(named[p] for p in dict.fromkeys(pairs)) if pairs else PAIRS,
                         tuple(dict.fromkeys(methods)) if methods else BENCH_METHODS)
+
+# %% ../nbs/00f_stages.ipynb #b4218d01
+def check_in_study(table: tuple[Stage, ...],   # the stage table of the run's study (`study_stages`)
+                   study: str,                 # its name, for the message
+                   sets=(),                    # the stages and groups `--set` names (not '*')
+                   sweeps=(),                  # the stages `--sweep` names
+                   ) -> None:
+    "A ValueError for a name of `sets` or `sweeps` that is not in `table`, with the closest name that is."
+    names, groups = {s.name for s in table}, {s.group for s in table if s.group}
+    for flag, key, pool in [*(('--set', k, names | groups) for k in sets), *(('--sweep', k, names) for k in sweeps)]:
+        if key in pool: continue
+        cells = [s.name for s in table if s.group == key]
+        raise ValueError(f'{flag} {key}.…: the {study} study has no stage {key!r}; ' + (
+            f'sweep its cells one by one: {", ".join(cells)}' if cells else did_you_mean(key, pool, f'its stages are {sorted(names)}')))
 
 # %% ../nbs/00f_stages.ipynb #3a601a7f
 def stage(name: str) -> Stage:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .runs import (PRESETS, project_root, resolve_device, resolve_preset, gpu_memory_gb, setup_run, stage_epochs,
                          hardware, RUN_PARAMS)
-from .stages import Stage, STAGES, ALL_STAGES, MODELS, STUDIES, display_name, producer, stage, stages_named, study_stages
+from .stages import (Stage, STAGES, ALL_STAGES, MODELS, STUDIES, check_in_study, display_name, producer, stage, stages_named,
+                           study_stages)
+from .benchmark import cell_hparams, with_hparams
 from .checkpoints import params_diff, run_files
 from .schedule import Executor, Job, Progress, capacity, chains, graph, gpu_slots, run_jobs, SuiteError
 from .executors import InlineExecutor, LocalExecutor, import_papermill, _stamp
@@ -52,11 +54,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 # %% ../nbs/92_suite.ipynb #sui0sp01
 def stage_params(stage: Stage, shared: dict, overrides: dict, out_dir: Path, accepts=None) -> dict:
-    "What papermill passes to the stage's notebook: the shared values and `--set` values it `accepts`, then its own."
+    """What papermill passes to the stage's notebook: the shared values and `--set` values it `accepts`, then its own; a
+    benchmark cell's method hyperparameters (`--set dkd.beta=4`) inside its `hparams`."""
     ok = lambda k: accepts is None or k in accepts
-    p = {k: v for k, v in shared.items() if v is not None and ok(k)}
-    p.update(stage.params); p.update({k: v for k, v in overrides.get('*', {}).items() if ok(k)})
-    p.update(overrides.get(stage.group, {}) if stage.group else {}); p.update(overrides.get(stage.name, {}))
+    p = {k: v for k, v in shared.items() if v is not None and ok(k)} | stage.params
+    for o in (overrides.get('*', {}), overrides.get(stage.group, {}) if stage.group else {}, overrides.get(stage.name, {})):
+        p = with_hparams(p, {k: v for k, v in o.items() if ok(k)})
     p['out_dir'] = str(out_dir)
     return p
 
@@ -177,7 +180,7 @@ def plan(stages: list[Stage], seeds, shared: dict, overrides: dict, run_dir: Pat
     "A job for every stage of every seed, then every sweep variant's; names and values checked before anything runs."
     declared: dict[str, dict] = {}
     def params(s: Stage, seed: int, out_dir: Path) -> dict:
-        if s.name not in declared: declared[s.name] = notebook_parameters(nbs_dir/s.notebook)
+        if s.name not in declared: declared[s.name] = notebook_parameters(nbs_dir/s.notebook) | cell_hparams(s.params)
         return stage_params(s, dict(shared, seed=seed), overrides, out_dir, declared[s.name])
     jobs = []
     for seed in seeds:
@@ -313,7 +316,7 @@ class SuiteConfig:
     epochs: int | None = None                # epochs for every training notebook (None: the preset's)
     data_dir: str | None = None              # folder holding cifar-100-python/ (None: $KD_NBS_DATA, else the cache)
     device: str | None = None                # cpu | cuda[:k] (None: CUDA when available)
-    set: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='[STAGE.]KEY=VALUE'))   # notebook parameters, for one stage (lm.alpha=0.9) or all (epochs=3)
+    set: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='[STAGE.]KEY=VALUE'))   # notebook parameters, for one stage (lm.alpha=0.9) or all (epochs=3); in the benchmark, dkd.beta=4 sets every DKD cell's
     only: list[str] | None = None            # run only these stages (or groups: color, capacity)
     reports: str | None = None               # parent of the run folder (None: <project>/reports)
     nbs: str | None = None                   # folder of the notebooks (None: <project>/nbs)
@@ -323,7 +326,7 @@ class SuiteConfig:
     per_gpu: int | None = None               # stages at once on each GPU (without --gpus: on this machine; None: as many as the GPU's memory holds at 4 GB, up to 4; 2 on a CPU of 2 cores or more)
     executor: str = field(default='local', metadata=dict(choices=['local', 'ray']))   # where stages run: this machine, or Ray tasks (pip install -e '.[ray]')
     address: str | None = None               # the Ray cluster to join (None: start a local Ray)
-    sweep: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='STAGE.PARAM=V1,V2,...'))   # every value (the cross product within a stage) of a student stage: dkd.beta=1,2,4,8
+    sweep: list[str] = field(default_factory=list, metadata=dict(action='extend', metavar='STAGE.PARAM=V1,V2,...'))   # every value (the cross product within a stage) of a student stage: dkd.beta=1,2,4,8, or of a benchmark cell
 
 # %% ../nbs/92_suite.ipynb #11f45cf2
 def visible_gpus() -> list[str]:
@@ -369,7 +372,9 @@ def run_suite(cfg: SuiteConfig | None = None,     # the run (None: the defaults)
     except ValueError as e: raise SuiteError(str(e)) from None
     run_dir = Path(cfg.reports or (root or Path.cwd())/'reports').resolve()/name
     data_dir = str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None
-    try: table = study_stages(cfg.study, cfg.pairs, cfg.methods)
+    try:
+        table = study_stages(cfg.study, cfg.pairs, cfg.methods)
+        check_in_study(table, cfg.study, [k for k in overrides if k != '*'], sweeps)
     except ValueError as e: raise SuiteError(str(e)) from None
     stages = select_stages(cfg.only, table)
     gpus = parse_gpus(cfg.gpus, cfg.executor)

@@ -9,15 +9,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 import pandas as pd
-from .stages import STAGES, T16, Stage, stage
+from .stages import STAGES, BENCH_STAGES, T16, Stage, stage
+from .benchmark import with_hparams
 from .schedule import Job
 
 # %% auto #0
-__all__ = ['SWEEPABLE', 'SWEEP_COLUMNS', 'parse_sweeps', 'variants', 'sweep_jobs', 'sweep_table']
+__all__ = ['SWEEPABLE', 'SWEEPABLE_CELLS', 'SWEEP_COLUMNS', 'parse_sweeps', 'variants', 'sweep_jobs', 'sweep_table']
 
 # %% ../nbs/90c_sweeps.ipynb #8620753e
 # the student stages of the VGG-16 teacher (or of none): each variant is measured against that teacher (KL, agreement)
 SWEEPABLE = tuple(s.name for s in STAGES if len(s.models) == 1 and s.models[0].method and s.models[0].teacher in (None, 'vgg16'))
+SWEEPABLE_CELLS = tuple(s.name for s in BENCH_STAGES if s.group)   # the benchmark's distilled cells: their accuracy alone
 
 def parse_sweeps(items: list[str]) -> dict[str, dict[str, list]]:
     "`['dkd.beta=1,2', 'lm.T=2,4']` → `{'dkd': {'beta': [1, 2]}, 'lm': {'T': [2, 4]}}`; clear errors otherwise."
@@ -28,10 +30,11 @@ def parse_sweeps(items: list[str]) -> dict[str, dict[str, list]]:
         name, dot, param = key.rpartition('.')
         if not sep or not dot or not param or not values:
             raise ValueError(f'--sweep {item!r}: expected STAGE.PARAM=V1,V2,... such as dkd.beta=1,2,4,8')
-        if name not in SWEEPABLE:
-            close = difflib.get_close_matches(name, SWEEPABLE, 1)
+        if name not in SWEEPABLE + SWEEPABLE_CELLS:
+            close = difflib.get_close_matches(name, SWEEPABLE + SWEEPABLE_CELLS, 1)
             raise ValueError(f'--sweep {item!r}: ' + (f'did you mean {close[0]!r}? ' if close else '')
-                             + f'the stages that can be swept are {", ".join(SWEEPABLE)}')
+                             + f'the stages that can be swept are {", ".join(SWEEPABLE)} and each distilled cell of the '
+                             f'benchmark ({SWEEPABLE_CELLS[0]}, ...)')
         vals = [yaml.safe_load(v) for v in values.split(',')]
         if len(set(map(str, vals))) != len(vals): raise ValueError(f'--sweep {item!r}: a value is listed twice')
         if param in out.get(name, {}): raise ValueError(f'--sweep {item!r}: {name}.{param} is swept twice')
@@ -45,7 +48,7 @@ def variants(base: Stage, grid: dict[str, list]) -> list[tuple[Stage, dict]]:
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         tag = ','.join(f'{k}={v}' for k, v in values.items())
-        out.append((replace(base, name=f'{base.name}@{tag}', title=f'{base.title} ({tag})', params={**base.params, **values}),
+        out.append((replace(base, name=f'{base.name}@{tag}', title=f'{base.title} ({tag})', params=with_hparams(base.params, values)),
                     values))
     return out
 
@@ -56,16 +59,17 @@ def sweep_jobs(sweeps: dict[str, dict[str, list]],                # from `parse_
                nbs_dir: Path,                                      # where the notebooks are
                params: Callable[[Stage, int, Path], dict],         # the suite's parameters of a stage in a folder
                ) -> list[Job]:
-    "The training and KL jobs of every variant of every seed, each in `seed<k>/sweep/<variant>/`."
+    "The training and KL jobs of every variant of every seed, each in `seed<k>/sweep/<variant>/` (a benchmark cell's: training alone)."
     kl, jobs = stage('kl'), []
     for seed in seeds:
         seed_dir = run_dir/f'seed{seed}'
         for name, grid in sweeps.items():
             for v, values in variants(stage(name), grid):
                 d = seed_dir/'sweep'/v.name
-                train = Job(seed, v, {**params(stage(name), seed, d), **values}, d, nbs_dir, inputs=seed_dir)
+                jobs.append(train := Job(seed, v, with_hparams(params(stage(name), seed, d), values), d, nbs_dir, inputs=seed_dir))
+                if name not in SWEEPABLE: continue
                 kv = replace(kl, name=f'kl@{v.name}', title=f'{kl.title} ({v.name})', reads=(T16,))
-                jobs += [train, Job(seed, kv, params(kl, seed, d), d, nbs_dir, inputs=seed_dir, after=(train.key,))]
+                jobs.append(Job(seed, kv, params(kl, seed, d), d, nbs_dir, inputs=seed_dir, after=(train.key,)))
     return jobs
 
 # %% ../nbs/90c_sweeps.ipynb #a0268def

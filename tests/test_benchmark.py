@@ -25,6 +25,8 @@ def test_the_grid_is_the_pairs_times_the_registry():
     (dict(pairs=['vgg13:vgg11']), "--pairs vgg13:vgg11: not a pair of the benchmark; did you mean 'vgg13:vgg8'?"),
     (dict(pairs=['resnet32x4:resnet8x4'], methods=['at', 'crdd']), "--methods crdd: not a distillation method; did you mean 'crd'?"),
     (dict(methods=['si']), '--methods si: not a distillation method'),
+    (dict(set=['color.hue=0.2']), "--set color.…: the benchmark study has no stage 'color'"),
+    (dict(pairs=['vgg13:vgg8'], sweep=['dkd.beta=1,2']), 'sweep its cells one by one: benchmark_vgg8_dkd_from_vgg13'),
 ])
 def test_a_wrong_pair_or_method_is_refused_before_anything_runs(tmp_path, fields, message):
     with pytest.raises(SuiteError, match=message.replace('?', r'\?').replace('.', r'\.')):
@@ -42,12 +44,16 @@ def test_the_command_line_refuses_a_wrong_study_and_a_pair_without_the_benchmark
     assert not any(tmp_path.iterdir())
 
 
+DKD_CELL = 'benchmark_resnet8x4_dkd_from_resnet32x4'
+
+
 @pytest.fixture(scope='module')
 def bench_smoke(real_data_dir, tmp_path_factory):
-    "The benchmark's smoke run: one pair, its teacher, its student alone and every method's student."
+    """The benchmark's smoke run: one pair, its teacher, its student alone and every method's student; KD's T set for the
+    method's cells, DKD's beta swept on its cell."""
     reports = tmp_path_factory.mktemp('bench')
     return run_suite(study='benchmark', preset='smoke', pairs=['resnet32x4:resnet8x4'], name='b', data_dir=str(real_data_dir),
-                     reports=str(reports), progress=False)
+                     reports=str(reports), progress=False, set=['lm.T=2'], sweep=[f'{DKD_CELL}.beta=1,2'])
 
 
 def test_the_smoke_benchmark_trains_every_cell(bench_smoke):
@@ -61,6 +67,18 @@ def test_the_smoke_benchmark_trains_every_cell(bench_smoke):
     assert dkd['warmup'] == 1                                               # the preset's ramp, filled in for None
     lm = json.loads((seed/'benchmark_resnet8x4_lm_from_resnet32x4_result.json').read_text())['params']['run']
     assert lm['alpha'] == 0.1                                               # RepDistiller's -r 0.1 -a 0.9
+    assert lm['T'] == 2                                                     # --set lm.T=2 reached the method's cell
+
+
+def test_a_cell_is_swept_like_a_stage_of_the_study(bench_smoke):
+    seed = bench_smoke/'seed0'
+    for beta in (1, 2):
+        variant = seed/'sweep'/f'{DKD_CELL}@beta={beta}'
+        run = json.loads((variant/f'{DKD_CELL}_result.json').read_text())['params']['run']
+        assert (run['beta'], run['warmup'], run['teacher']) == (beta, 1, 'resnet32x4')   # into the cell's hparams, the rest kept
+        assert not (seed/'sweep'/f'kl@{DKD_CELL}@beta={beta}').exists()              # the KL notebook is the VGG study's
+    sweep = json.loads((bench_smoke/'summary.json').read_text())['tables']['sweep']
+    assert sorted((r['stage'], r['variant']) for r in sweep) == [(DKD_CELL, 'beta=1'), (DKD_CELL, 'beta=2')]
 
 
 def test_the_summary_holds_the_table_at_the_best_and_the_last_epoch(bench_smoke):
