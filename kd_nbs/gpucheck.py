@@ -188,7 +188,6 @@ def measure_share(mode: str, width: float, seconds: float, data: CIFAR100, devic
 def sanity_run(out: str, mode: str, data: CIFAR100, device: str, width: float = 1.0, epochs: int = 8) -> dict:
     """A short bf16 `fit` on learnable data: the loss falls, nothing is NaN, and the checkpoint written on `device`
     loads on the CPU and predicts what the device predicted."""
-    cuda = device.startswith('cuda')
     cfg = TrainConfig(epochs=epochs, batch_size=128, lr=0.05, device=device, amp=True, channels_last=True,
                       compile=mode, drop_last=True, max_batches=8, eval_batches=1)
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 "Issue 10's defects: each test failed before the fix."
-import errno, json, os, subprocess, sys
+import errno, json, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
