@@ -43,7 +43,7 @@ test: setup $(VENV)/.ray
 	KD_NBS_PRESET=smoke $(BIN)/nbdev_test
 	@before=$$(cat kd_nbs/*.py | sha256sum); $(BIN)/nbdev_export; after=$$(cat kd_nbs/*.py | sha256sum); \
 	  [ "$$before" = "$$after" ] || { echo 'kd_nbs/ was out of date with nbs/: run nbdev_export and commit'; exit 1; }
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: setup
 	$(BIN)/kd-nbs bench $(if $(KD_NBS_DATA),--data-dir $(KD_NBS_DATA),)

@@ -1,5 +1,9 @@
 "Issue 21: the CIFAR model zoo (parameter counts and block shapes as RepDistiller's networks) and the seven benchmark methods through the engine's step."
 import importlib
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
 import torch
@@ -97,22 +101,26 @@ def test_each_new_method_trains_a_benchmark_pair(info, pair):
 
 
 @pytest.fixture(scope='module')
-def smoke_teacher(real_data_dir, tmp_path_factory):
-    "The VGG-16 teacher at the smoke preset, trained once by its notebook, for the method notebooks' runs."
-    import papermill as pm
+def method_runs(real_data_dir, tmp_path_factory):
+    """The VGG-16 teacher at the smoke preset, trained once by its notebook, then the seven method notebooks on it, two at
+    a time (a papermill process each, on one thread): the folder and {method: its finished process}."""
     out = tmp_path_factory.mktemp('bench_methods')
-    pm.execute_notebook(ROOT/'nbs'/'01_teacher.ipynb', out/'teacher.ipynb', progress_bar=False,
-                        parameters=dict(preset='smoke', out_dir=str(out), data_dir=str(real_data_dir)))
-    return out
+    run = lambda nb, **env: subprocess.run([sys.executable, '-m', 'papermill', str(ROOT/'nbs'/nb), str(out/nb), '--no-progress-bar',
+                                            '-p', 'preset', 'smoke', '-p', 'out_dir', str(out), '-p', 'data_dir', str(real_data_dir)],
+                                           capture_output=True, text=True, env={**os.environ, **env})
+    teacher = run('01_teacher.ipynb')
+    assert teacher.returncode == 0, teacher.stderr[-3000:]
+    with ThreadPoolExecutor(2) as pool:
+        return out, dict(zip([m.name for m in NEW], pool.map(lambda m: run(m.notebook, OMP_NUM_THREADS='1'), NEW)))
 
 
 @pytest.mark.parametrize('info', NEW, ids=lambda m: m.name)
-def test_each_new_method_notebook_runs_end_to_end(info, smoke_teacher, real_data_dir):
+def test_each_new_method_notebook_runs_end_to_end(info, method_runs):
     "`papermill nbs/12_at.ipynb` (and each of the seven) at the smoke preset: the student's checkpoint and result, its method's class and loss terms recorded."
-    import json, papermill as pm
-    pm.execute_notebook(ROOT/'nbs'/info.notebook, smoke_teacher/info.notebook, progress_bar=False,
-                        parameters=dict(preset='smoke', out_dir=str(smoke_teacher), data_dir=str(real_data_dir)))
-    assert (smoke_teacher/f'best_student_{info.name}.pth').exists()
-    r = json.loads((smoke_teacher/f'student_{info.name}_result.json').read_text())
+    import json
+    out, runs = method_runs
+    assert runs[info.name].returncode == 0, runs[info.name].stderr[-3000:]
+    assert (out/f'best_student_{info.name}.pth').exists()
+    r = json.loads((out/f'student_{info.name}_result.json').read_text())
     assert r['params']['run']['method'] == info.cls.split(':')[1]
     assert any(k.startswith('train_') and k not in ('train_ce', 'train_acc') for k in r['history'][0]), r['history'][0]
