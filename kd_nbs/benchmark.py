@@ -14,7 +14,7 @@ from .stages import BENCH_METHODS, PAIRS, bench_name
 
 # %% auto #0
 __all__ = ['PUBLISHED_CSV', 'method_class', 'check_run', 'method_hparams', 'cell_hparams', 'with_hparams', 'read_published',
-           'benchmark_table', 'benchmark_tables']
+           'benchmark_table', 'benchmark_tables', 'benchmark_gains']
 
 # %% ../nbs/19_benchmark.ipynb #ad9271e3
 def method_class(name: str | None) -> type:
@@ -66,6 +66,11 @@ def _row_model(row: str, t: str, s: str) -> str:
     "The checkpoint name of a table cell: the pair's teacher, its student alone, or its student by a method."
     return bench_name(t, role='teacher') if row == 'teacher' else bench_name(s) if row == 'student' else bench_name(s, row, t)
 
+def _published(published: pd.DataFrame, row: str, t: str, s: str) -> float | None:
+    "The published top-1 of a table cell (row: teacher, student or a method), or None where no paper gives one."
+    top1 = published.loc[(published.method == row) & (published.teacher == t) & (published.student == s), 'top1']
+    return float(top1.iloc[0]) if len(top1) else None
+
 def benchmark_table(acc: pd.DataFrame,                # the accuracy table, all seeds stacked (`summary.collect`)
                     published: pd.DataFrame,          # `read_published()`
                     column: str = 'accuracy',         # accuracy (each run's best epoch) or last_accuracy (its last)
@@ -77,14 +82,13 @@ def benchmark_table(acc: pd.DataFrame,                # the accuracy table, all 
         cells = {}
         for t, s in pairs:
             ours = acc.loc[acc.model == _row_model(row, t, s), column].dropna()
-            pub = published.loc[(published.method == row) & (published.teacher == t) & (published.student == s), 'top1']
+            pub = _published(published, row, t, s)
             if ours.empty: cells[f'{t} → {s}'] = '—'; continue
             mean, std, n = ours.mean(), ours.std() if len(ours) > 1 else float('nan'), len(ours)
             text = f'{mean:.2f}' + (f' ± {std:.2f}' if n > 1 else '')
-            if len(pub):
-                gap = mean - pub.iloc[0]
-                g = f'{gap:+.2f}'
-                text += f' · {pub.iloc[0]:.2f} (' + (f'**{g}**' if n > 1 and abs(gap) > std else g) + ')'
+            if pub is not None:
+                g = f'{mean - pub:+.2f}'
+                text += f' · {pub:.2f} (' + (f'**{g}**' if n > 1 and abs(mean - pub) > std else g) + ')'
             cells[f'{t} → {s}'] = text
         if any(v != '—' for v in cells.values()):
             rows.append({'method': row if row in ('teacher', 'student') else REGISTRY[row].label, **cells})
@@ -96,3 +100,21 @@ def benchmark_tables(acc: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if not acc.model.str.startswith('benchmark_').any(): return {}
     pub = read_published()
     return {'benchmark': benchmark_table(acc, pub, 'accuracy'), 'benchmark_last': benchmark_table(acc, pub, 'last_accuracy')}
+
+# %% ../nbs/19_benchmark.ipynb #7dc58846
+def benchmark_gains(acc: pd.DataFrame,            # the accuracy table, all seeds stacked (`summary.collect`)
+                    published: pd.DataFrame,      # `read_published()`
+                    column: str = 'accuracy',     # accuracy (each run's best epoch) or last_accuracy (its last)
+                    ) -> pd.DataFrame:
+    "Each distilled cell that ran: pair, method, our gain over the student alone (mean, std over seeds) and the published gain."
+    rows = []
+    for t, s in PAIRS:
+        alone = acc[acc.model == bench_name(s)].set_index('seed')[column]
+        pub_s = _published(published, 'student', t, s)
+        for m in BENCH_METHODS:
+            gain = (acc[acc.model == bench_name(s, m, t)].set_index('seed')[column] - alone).dropna()
+            if gain.empty: continue
+            pub = _published(published, m, t, s)
+            rows.append(dict(pair=f'{t} → {s}', method=REGISTRY[m].label, gain=gain.mean(), std=gain.std() if len(gain) > 1 else 0.0,
+                             published=pub - pub_s if pub is not None and pub_s is not None else float('nan')))
+    return pd.DataFrame(rows, columns=['pair', 'method', 'gain', 'std', 'published'])

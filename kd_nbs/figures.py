@@ -16,10 +16,11 @@ import pandas as pd
 from .stages import MODELS, TCI, student_name
 from .findings import as_frames
 from .sweeps import SWEEP_COLUMNS
+from .benchmark import benchmark_gains, read_published
 
 # %% auto #0
-__all__ = ['SI', 'HIGHLIGHT', 'STUDENTS', 'mean_std_by', 'save', 'hbars', 'accuracy_bars', 'kl_scatter', 'colour_bars', 'curves',
-           'training_curves', 'sweep_plot', 'draw_figures']
+__all__ = ['SI', 'HIGHLIGHT', 'STUDENTS', 'mean_std_by', 'save', 'hbars', 'accuracy_bars', 'benchmark_plot', 'kl_scatter',
+           'colour_bars', 'curves', 'training_curves', 'sweep_plot', 'draw_figures']
 
 # %% ../nbs/91a_figures.ipynb #4e42d7c5
 def mean_std_by(df: pd.DataFrame, col: str, by: str = 'label') -> pd.DataFrame:
@@ -49,13 +50,31 @@ SI = student_name('si')
 
 def accuracy_bars(acc: pd.DataFrame, path: str | Path) -> Path:
     "Bars of every model's best test accuracy (mean ± std over seeds), teachers marked, SI as a dashed line."
-    fig, ax = hbars(acc, 'accuracy', lambda m: '#9e9e9e' if m.startswith('teacher_') else '#1f77b4', 'best test accuracy (%)')
+    teacher = lambda m: m in MODELS and MODELS[m].role == 'teacher'            # the study's and the benchmark's
+    fig, ax = hbars(acc, 'accuracy', lambda m: '#9e9e9e' if teacher(m) else '#1f77b4', 'best test accuracy (%)')
     if SI in set(acc.model):
         si = acc.loc[acc.model == SI, 'accuracy'].mean()
         ax.axvline(si, ls='--', color='#d62728', lw=1.2, label=f'SI baseline {si:.1f} %')
     lines = [l for l in ax.get_lines() if not l.get_label().startswith('_')]   # the SI line, not the error bars' caps
     handles = [Patch(color='#9e9e9e', label='teachers'), Patch(color='#1f77b4', label='students'), *lines]
     ax.legend(handles=handles, loc='lower right', fontsize=8)
+    return save(fig, path)
+
+# %% ../nbs/91a_figures.ipynb #563cc3cf
+def benchmark_plot(acc: pd.DataFrame, path: str | Path) -> Path | None:
+    "Per pair, each method's gain over the student alone, ours (bars) beside the published (diamonds); None outside a benchmark run."
+    g = benchmark_gains(acc, read_published())
+    if g.empty: return None
+    pairs = list(dict.fromkeys(g.pair))
+    fig, axs = plt.subplots(1, len(pairs), figsize=(4.3 * len(pairs), 0.36 * g.groupby('pair').size().max() + 1.4), squeeze=False)
+    for ax, pair in zip(axs[0], pairs):
+        d = g[g.pair == pair].iloc[::-1]                                    # the table's order, top to bottom
+        ax.barh(d.method, d.gain, xerr=d['std'] if d['std'].any() else None, capsize=3,
+                color=['#1f77b4' if v >= 0 else '#d62728' for v in d.gain], label='ours')
+        ax.scatter(d.published, d.method, marker='D', s=22, color='black', zorder=3, label='published')
+        ax.axvline(0, color='#555', lw=1)
+        ax.set_title(pair, fontsize=10); ax.set_xlabel('gain over the student alone (points)')
+    axs[0][0].legend(fontsize=8, loc='best')
     return save(fig, path)
 
 # %% ../nbs/91a_figures.ipynb #642de273
@@ -137,5 +156,6 @@ def draw_figures(per_seed: dict[str, list | pd.DataFrame], seed_dirs: dict[int, 
     t, out = as_frames(per_seed), {}
     for key, draw in (('accuracy', accuracy_bars), ('kl', kl_scatter), ('color', colour_bars), ('sweep', sweep_plot)):
         if key in t and len(t[key]): out[key] = draw(t[key], folder/f'fig_{key}.png').name
+    if 'accuracy' in t and (p := benchmark_plot(t['accuracy'], folder/'fig_benchmark.png')): out['benchmark'] = p.name
     if (p := training_curves(seed_dirs, folder/'fig_curves.png')): out['curves'] = p.name
     return out

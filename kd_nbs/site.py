@@ -84,12 +84,16 @@ def published_section(summary: dict) -> list[str]:
             '', md(scratch), '', md(gains), '']
 
 # %% ../nbs/91b_site.ipynb #aec1d430
-def benchmark_section(summary: dict) -> list[str]:
-    "Markdown lines: the benchmark's table at the best and at the last epoch, each beside the published numbers; none outside a benchmark run."
-    t = summary['tables']
+def benchmark_section(summary: dict, figures: dict[str, str] | None = None) -> list[str]:
+    "Markdown lines: each method's gain (the figure), the benchmark's table at the best and at the last epoch beside the published numbers; none outside a benchmark run."
+    t, figures = summary['tables'], figures or {}
     if 'benchmark' not in t: return []
     md = lambda k: pd.DataFrame(t[k]).to_markdown(index=False, disable_numparse=True)
-    return ['## Ours beside the published numbers', '',
+    gains = ['## Each method\'s gain over the student alone', '', 'Ours (bars, ± std over seeds; each seed against its own '
+             'student trained alone) beside the published gain (diamonds), each run\'s best epoch. Unlike the accuracies '
+             'below, a gain can be held against the papers\' from a run at another scale.', '',
+             f'![Each method\'s gain]({figures["benchmark"]})', ''] if 'benchmark' in figures else []
+    return gains + ['## Ours beside the published numbers', '',
             'Rows are methods, columns the pairs that ran (teacher → student). Each cell: ours (mean ± std over the seeds '
             'that ran) · the published top-1 (`benchmarks/published/cifar100.csv`: RepDistiller\'s README for CRD\'s '
             'table, mdistiller\'s for DKD) and (our gap to it), **bold** where the gap is larger than the seed spread (one '
@@ -107,7 +111,7 @@ def home_page(summary: dict, notebooks: list[Path], figures: dict[str, str]) -> 
              *data_note(summary),
              ("The published teacher–student pairs (CRD's Table 1). " if bench else 'VGG-16/19 teachers, VGG-11 students. ') + run_line(summary) + (' Mean ± std over seeds; error bars show the std.'
                                                                           if len(summary['seeds']) > 1 else ''), '']
-    lines += benchmark_section(summary) if bench else findings_section(summary)
+    lines += benchmark_section(summary, figures) if bench else findings_section(summary)
     for key, title, fig, note in HEADLINES:
         if key not in summary['tables'] and fig not in figures: continue
         lines += [f'## {title}', '', note, '']

@@ -94,3 +94,4 @@ def test_the_website_shows_the_benchmark(bench_smoke):
     page = (bench_smoke/'book'/'_build'/'html'/'index.html').read_text()
     assert 'The CIFAR-100 distillation benchmark' in page and 'Ours beside the published numbers' in page
     assert 'At its last epoch' in page and 'resnet32x4 → resnet8x4' in page and 'Findings' not in page
+    assert "gain over the student alone" in page and (bench_smoke/'book'/'fig_benchmark.png').stat().st_size > 5_000
