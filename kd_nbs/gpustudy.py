@@ -158,6 +158,9 @@ class StudyConfig:
     "What `make gpu-study` runs: each field is a command-line option (`--preset`, `--per-gpu`, ...)."
     out: str = 'gpu-study'                  # folder for the archive (on a lease: $OUT)
     preset: str = 'gpu-short'               # full width, the paper's recipe, 20 epochs: one seed in ~6.5 min on an H200
+    study: str = field(default='vgg', metadata=dict(choices=['vgg', 'benchmark']))   # vgg: the seed's study; benchmark: the published pairs (with --preset benchmark)
+    pairs: list[str] | None = field(default=None, metadata=dict(metavar='TEACHER:STUDENT'))   # the benchmark's pairs (None: all seven)
+    methods: list[str] | None = None        # the benchmark's methods (None: every distillation method)
     name: str | None = None                 # run folder under reports/ (None: the preset's name)
     seeds: list[int] = field(default_factory=lambda: [0])   # one folder each
     per_gpu: int | None = None              # stages at once on the GPU (None: the suite's default for its memory)
@@ -198,7 +201,8 @@ def gpu_study(cfg: StudyConfig, log=print) -> Path:
     from kd_nbs.runs import reports_dir
     projected(cfg.preset, cfg.per_gpu, log)
     name, failed = cfg.name or cfg.preset, None
-    try: run_dir = run_suite(SuiteConfig(name, cfg.preset, list(cfg.seeds), data_dir=data, no_site=True, per_gpu=cfg.per_gpu,
+    try: run_dir = run_suite(SuiteConfig(name, study=cfg.study, pairs=cfg.pairs, methods=cfg.methods, preset=cfg.preset,
+                                         seeds=list(cfg.seeds), data_dir=data, no_site=True, per_gpu=cfg.per_gpu,
                                          reports=str(reports_dir())))
     except SuiteError as e: failed, run_dir = e, reports_dir().resolve()/name
     if cfg.gpu_check:

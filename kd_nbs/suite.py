@@ -304,7 +304,7 @@ def cpu_paper_warning(preset: str, device: str | None, gpus: list[str] | None, e
             'or --preset quick.')
 
 # %% ../nbs/92_suite.ipynb #1dbc66a1
-@dataclass
+@dataclass(kw_only=True)   # by name only: a field added in the middle never shifts a caller's values
 class SuiteConfig:
     "A suite run, as `kd-nbs run` takes it: each field is a command-line option (`--preset`, `--seeds`, `--set`, ...)."
     name: str | None = None                  # run folder under --reports, a single folder name (None: the preset's name)
