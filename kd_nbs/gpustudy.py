@@ -201,7 +201,7 @@ def gpu_study(cfg: StudyConfig, log=print) -> Path:
     from kd_nbs.runs import reports_dir
     projected(cfg.preset, cfg.per_gpu, log)
     name, failed = cfg.name or cfg.preset, None
-    try: run_dir = run_suite(SuiteConfig(name, study=cfg.study, pairs=cfg.pairs, methods=cfg.methods, preset=cfg.preset,
+    try: run_dir = run_suite(SuiteConfig(name=name, study=cfg.study, pairs=cfg.pairs, methods=cfg.methods, preset=cfg.preset,
                                          seeds=list(cfg.seeds), data_dir=data, no_site=True, per_gpu=cfg.per_gpu,
                                          reports=str(reports_dir())))
     except SuiteError as e: failed, run_dir = e, reports_dir().resolve()/name

@@ -42,7 +42,9 @@ def test_compiled_step_gives_the_eager_losses(row):
     # the GPU check's own comparison (two steps: the second starts from the first step's update), on the CPU
     r = compiled_vs_eager(row, 'default', check_data('cpu', 256, 64), 'cpu', width=0.125)
     assert r['compiled'], 'torch.compile fell back to eager on this machine'
-    assert r['max_rel_diff'] <= 1e-4 and r['max_weight_diff'] <= 1e-4, r
+    # weights after two steps: within 1e-4 on an AMX host; 1.2e-4 on a 2-core AMD EPYC for CRD (its first two convs, from
+    # a summation order of fp32; its losses agree to 1e-7 and LM's weights to 6e-7 there), so 5e-4; a wrong update is far off
+    assert r['max_rel_diff'] <= 1e-4 and r['max_weight_diff'] <= 5e-4, r
 
 
 def test_cuda_only_options_are_refused_on_the_cpu():

@@ -5,13 +5,14 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
 from kd_nbs.suite import run_suite, SuiteError
-from kd_nbs.stages import STAGES, MODELS
+from kd_nbs.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 # derived from the stage table, as the suite and the site derive theirs
 SEED_FILES = [f for s in STAGES for f in s.outputs]
-STUDENTS = [m.label for m in MODELS.values() if m.name.startswith('student_')]
-TEACHERS = [m.label for m in MODELS.values() if m.name.startswith('teacher_')]
+MODELS = [m for s in STAGES for m in s.models]                     # the VGG study's (stages.MODELS holds the benchmark's too)
+STUDENTS = [m.label for m in MODELS if m.name.startswith('student_')]
+TEACHERS = [m.label for m in MODELS if m.name.startswith('teacher_')]
 
 
 @pytest.fixture(scope='module')
